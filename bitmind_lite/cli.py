@@ -1,0 +1,44 @@
+"""`bitmind-lite`: one command, subcommands loaded lazily (so `detect` never imports the chain, and vice versa).
+
+Each subcommand is a module with `main(argv) -> int`; add one line to COMMANDS to add a subcommand.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+from bitmind_lite import __version__
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "detect": ("bitmind_lite.detect", "score image files with a detector: P(AI-generated) and a verdict"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    rows = "\n".join(f"  {name:<{width}}  {help_}" for name, (_mod, help_) in COMMANDS.items())
+    return f"usage: bitmind-lite COMMAND [options]   (bitmind-lite COMMAND --help for its options)\n\ncommands:\n{rows}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if argv[0] == "--version":
+        print(f"bitmind-lite {__version__}")
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"bitmind-lite: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    try:
+        return int(module.main(rest) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

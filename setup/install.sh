@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One-shot install for a fresh Debian machine with Python 3.11: a .venv with bitmind-lite (editable, with the
+# offline-test and online extras) and pm2 where npm exists. Safe to re-run; it only does what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
+  || { echo "bitmind-lite needs Python 3.11 (found $("$PYTHON" --version 2>&1))" >&2; exit 1; }
+
+stamp="$VENV/.bitmind-installed"
+if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
+  [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  # torch/torchvision are pinned in setup.py; pip takes them from the local wheel cache where there is one.
+  "$VENV/bin/python" -m pip install -q -e ".[dev,online,fast]"
+  touch "$stamp"
+fi
+
+# pm2 runs the nodes in production and is exercised by one integration test; install it where npm exists.
+if ! command -v pm2 >/dev/null 2>&1; then
+  if command -v npm >/dev/null 2>&1; then
+    npm install -g --silent pm2 >/dev/null 2>&1 || echo "warning: 'npm install -g pm2' failed; pm2 tests will be skipped" >&2
+  else
+    echo "note: npm not found, so pm2 is not installed (only needed to run nodes under pm2)" >&2
+  fi
+fi
