@@ -144,9 +144,9 @@ def build_parser(model: Type[BaseModel], prog: str, description: str = "") -> ar
     parser.add_argument("--env-file", default=None, help="read settings from this .env file")
     for dotted, ann, field in _flag_items(model):
         help_text = (field.description or "") + f" [env {_env_name(dotted)}; default {field.default!r}]"
-        if _is_bool(ann):
-            parser.add_argument(f"--{dotted}", dest=dotted, action=argparse.BooleanOptionalAction, default=None,
-                                help=help_text)
+        if _is_bool(ann):  # `--blacklist.allow_non_registered` alone means true; `... false` also works
+            parser.add_argument(f"--{dotted}", dest=dotted, nargs="?", const="true", default=None,
+                                metavar="true|false", help=help_text)
         else:
             parser.add_argument(f"--{dotted}", dest=dotted, default=None, help=help_text)
     return parser
