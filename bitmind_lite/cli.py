@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("bitmind_lite.data.cli", "challenge images and datasets: build an NPR training set, sample challenges"),
     "devnet": ("bitmind_lite.chain.cli", "embedded devnet (SQLite chain): init | register | show | set"),
     "wallet": ("bitmind_lite.chain.wallets", "create keys with no password prompt (devnets/tests) or show them"),
+    "miner": ("bitmind_lite.miner.run", "run a miner: the detector behind a signed HTTP endpoint"),
 }
 
 

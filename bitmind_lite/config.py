@@ -51,12 +51,16 @@ class MinerNeuronConfig(Section):
     weights: Optional[str] = Field(None, description="checkpoint path; default: the bundled weights/<detector>.pth")
     device: Device = "auto"
     runtime: str = Field("eager", description="inference runtime (eager, channels_last, ...)")
+    input_size: int = Field(256, ge=32, le=4096, description="square crop the detector sees (native pixels)")
+    threads: int = Field(0, ge=0, description="torch CPU threads (0 = torch's default)")
     max_batch_size: int = Field(16, ge=1, le=256, description="largest batch the batcher forms")
-    max_wait_ms: float = Field(4.0, ge=0, le=1000, description="how long the batcher waits to fill a batch")
+    max_wait_ms: float = Field(0.0, ge=0, le=1000,
+                               description="extra wait to fill a batch (0 = batch whatever queued while the model ran)")
     queue_size: int = Field(64, ge=1, description="pending requests before new ones get 503")
     request_timeout: float = Field(10.0, gt=0, description="seconds before a request answers 500")
     sync_interval: float = Field(60.0, gt=0, description="seconds between background metagraph refreshes")
     watch_weights: bool = Field(True, description="hot-swap the weights file when it changes")
+    watch_interval: float = Field(5.0, gt=0, description="seconds between checks of the weights file")
 
 
 class AxonConfig(Section):
@@ -64,6 +68,7 @@ class AxonConfig(Section):
     port: int = Field(8091, ge=1, le=65535)
     external_ip: Optional[str] = Field(None, description="address published on chain (default: skip publishing)")
     external_port: Optional[int] = Field(None, ge=1, le=65535, description="port published on chain (default: port)")
+    shutdown_timeout: float = Field(5.0, ge=0, description="seconds in-flight requests get to finish on SIGTERM")
 
 
 class BlacklistConfig(Section):
@@ -94,6 +99,12 @@ class ValidatorNeuronConfig(Section):
     state_dir: str = Field("~/.bitmind-lite/validator", description="scores database and challenge log")
     rounds: int = Field(0, ge=0, description="stop after this many challenges (0 = run forever)")
     metrics_port: Optional[int] = Field(None, ge=1, le=65535, description="serve Prometheus /metrics here")
+    metrics_ip: str = Field("127.0.0.1", description="address the /metrics server binds")
+    min_valid: int = Field(5, ge=1, le=100, description="valid answers a miner needs before it earns any reward")
+    sync_interval: float = Field(60.0, gt=0, description="seconds between metagraph refreshes")
+    vpermit_stake_limit: float = Field(4096.0, ge=0, description="neurons with a validator permit and more stake "
+                                                                 "than this are validators, never challenged")
+    seed: Optional[int] = Field(None, description="seed for challenge and miner sampling (default: random)")
 
 
 class WandbConfig(Section):

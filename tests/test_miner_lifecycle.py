@@ -1,0 +1,180 @@
+"""A miner's life on the devnet: endpoint publishing, chain outage, deregistration and SIGTERM (a real process);
+model errors, timeouts and a full queue (in-process server, scripted detector); running under pm2.
+"""
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from types import SimpleNamespace
+
+import httpx
+import pytest
+import torch
+import uvicorn
+
+from bitmind_lite.chain import Chain, connect
+from bitmind_lite.config import MinerConfig
+from bitmind_lite.detectors import Detector
+from bitmind_lite.miner import MinerService, create_app
+from bitmind_lite.protocol import DETECT_PATH
+from miner_support import (ROOT, body_of, free_port, keypair, log_text, metric, post, refused, sample_image, sign,
+                           start_miner, stop, subnet, wait_for)  # noqa: F401
+
+
+def test_lifecycle_publish_outage_deregistration_and_graceful_stop(subnet):
+    node = start_miner(subnet, "miner2", "--neuron.detector", "random", "--neuron.sync_interval", "0.5",
+                       "--axon.external_ip", "127.0.0.1")
+    try:
+        me = next(n for n in subnet.devnet.neurons() if n["hotkey"] == node.hotkey)
+        assert me["endpoint"] == f"127.0.0.1:{node.port}"  # published with ServeAxon at start
+
+        # The chain goes away: refreshes fail in the background, requests are still answered at once.
+        subnet.devnet.set_available(False)
+        try:
+            wait_for(lambda: metric(node, 'miner_metagraph_syncs_total{result="error"}') >= 1, 30, "a failed sync",
+                     node.proc, node.log)
+            slowest = 0.0
+            for i in range(8):
+                start = time.perf_counter()
+                assert post(node, keypair("Alice"), body_of(sample_image(i))).status_code == 200
+                slowest = max(slowest, time.perf_counter() - start)
+                time.sleep(0.1)
+            assert slowest < 0.5  # a refresh retries for ~0.75 s; no request waited for it
+        finally:
+            subnet.devnet.set_available(True)
+
+        # The miner's uid goes to someone else: noticed at the next refresh and logged loudly.
+        subnet.devnet.register(keypair("Newcomer").ss58_address, replace_uid=subnet.uids["miner2"])
+        wait_for(lambda: httpx.get(node.url + "/health").json()["uid"] is None, 30, "the deregistration",
+                 node.proc, node.log)
+        assert "was DEREGISTERED from subnet 1" in log_text(node.log)
+
+        # SIGTERM while a request is half-sent: the listener closes, the request still gets its answer, exit 0.
+        body = body_of(sample_image(9))
+        headers = {**sign(keypair("Alice"), body, node.hotkey), "Content-Length": str(len(body))}
+        first_half_sent, release, result = threading.Event(), threading.Event(), {}
+
+        def slow_body():
+            yield body[: len(body) // 2]
+            first_half_sent.set()
+            release.wait(20)
+            yield body[len(body) // 2:]
+
+        def call():
+            result["response"] = httpx.post(node.url + DETECT_PATH, content=slow_body(), headers=headers, timeout=30)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        assert first_half_sent.wait(20)
+        time.sleep(0.3)
+        node.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: refused(node.port), 10, "the listener to close")
+        release.set()
+        caller.join(30)
+        assert result["response"].status_code == 200, result["response"].text
+        assert node.proc.wait(20) == 0
+        assert "miner stopped" in log_text(node.log)
+    finally:
+        stop(node)
+
+
+# ---------------------------------------------------------------- model error, timeout, full queue (in-process)
+class Scripted(Detector):
+    name, version = "scripted", "1"
+
+    def __init__(self):
+        super().__init__(device="cpu", input_size=32)
+        self.mode = "ok"
+
+    def predict(self, batch):
+        if self.mode == "fail":
+            raise RuntimeError("boom")
+        if self.mode == "slow":
+            time.sleep(1.5)
+        return torch.full((batch.shape[0],), 0.25)
+
+
+def test_model_error_timeout_and_full_queue(subnet, monkeypatch):
+    monkeypatch.setenv("BTCLI_TOKEN_SYMBOLS_CACHE", str(subnet.root / "symbols.json"))
+    cfg = MinerConfig.model_validate({"netuid": 1, "neuron": {"request_timeout": 0.5, "max_batch_size": 1,
+                                                              "queue_size": 1}})
+    detector = Scripted()
+    service = MinerService(cfg, subnet.hotkey, detector, Chain(connect(f"devnet:{subnet.db}"), netuid=1))
+    assert service.sync()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    node = SimpleNamespace(url=f"http://127.0.0.1:{sock.getsockname()[1]}", hotkey=subnet.hotkey)
+    try:
+        wait_for(lambda: server.started, 30, "the in-process server")
+        body = body_of(sample_image(11))
+        detector.mode = "fail"
+        r = post(node, keypair("Alice"), body)
+        assert r.status_code == 500 and r.json()["detail"] == "model error: RuntimeError: boom"
+        detector.mode = "slow"
+        r = post(node, keypair("Alice"), body)
+        assert r.status_code == 500 and r.json()["detail"] == "inference timed out after 0.5s"
+
+        async def overload():
+            async with httpx.AsyncClient(timeout=30) as client:
+                def call(i):
+                    return client.post(node.url + DETECT_PATH, content=body,
+                                       headers=sign(keypair(f"V{i}"), body, node.hotkey))
+                running = asyncio.ensure_future(call(0))
+                await asyncio.sleep(0.3)  # the model is busy with it for 1.5 s
+                return await asyncio.gather(running, call(1), call(2))  # the queue (size 1) has room for one
+
+        time.sleep(1.5)  # let the model thread finish the timed-out request
+        responses = asyncio.run(overload())
+        # V1 (stake 101) loses its place to V2 (stake 102), whichever arrived first; the others time out.
+        assert [r.status_code for r in responses] == [500, 503, 500]
+        assert responses[1].headers["Retry-After"] == "1"
+        assert responses[1].json()["detail"] in ("displaced by a higher-stake request",
+                                                 "the miner is busy (1 requests queued)")
+        time.sleep(1.5)
+        detector.mode = "ok"
+        r = post(node, keypair("Alice"), body)
+        assert r.status_code == 200 and r.json() == {"prediction": 0.25, "detector": "scripted", "version": "1"}
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+# ---------------------------------------------------------------- pm2
+@pytest.mark.skipif(shutil.which("pm2") is None, reason="pm2 is not installed (npm install -g pm2)")
+def test_runs_under_pm2_from_the_ecosystem_file(subnet):
+    port, name = free_port(), f"bitmind-miner-test-{os.getpid()}"
+    pm2_home = tempfile.mkdtemp(prefix="pm2-")  # short path (pm2 puts unix sockets here) and a private daemon
+    env = {**subnet.env, "PM2_HOME": pm2_home, "BITMIND_MINER_NAME": name, "BITMIND_PYTHON": sys.executable,
+           "NETUID": "1", "SUBTENSOR_NETWORK": f"devnet:{subnet.db}", "WALLET_NAME": "miner",
+           "WALLET_HOTKEY": "default", "WALLET_PATH": str(subnet.wallets), "AXON_IP": "127.0.0.1",
+           "AXON_PORT": str(port), "NEURON_DETECTOR": "random", "NEURON_DEVICE": "cpu"}
+
+    def pm2(*args):
+        return subprocess.run(["pm2", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    url = f"http://127.0.0.1:{port}/health"
+    try:
+        started = pm2("start", "setup/ecosystem.config.js", "--only", name)
+        assert started.returncode == 0, started.stdout + started.stderr
+        logs = lambda: pm2("logs", name, "--nostream", "--lines", "50").stdout  # noqa: E731
+        health = wait_for(lambda: httpx.get(url, timeout=2).json(), 90, "/health under pm2")
+        assert health["detector"] == "random" and health["hotkey"] == subnet.hotkey, logs()
+        app = next(a for a in json.loads(pm2("jlist").stdout) if a["name"] == name)
+        assert app["pm2_env"]["status"] == "online" and app["pm2_env"]["restart_time"] == 0
+        assert pm2("delete", name).returncode == 0
+        wait_for(lambda: refused(port), 20, "the miner to stop")
+        assert all(a["name"] != name for a in json.loads(pm2("jlist").stdout))
+    finally:
+        pm2("delete", name)
+        pm2("kill")
+        shutil.rmtree(pm2_home, ignore_errors=True)
