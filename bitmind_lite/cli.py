@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "devnet": ("bitmind_lite.chain.cli", "embedded devnet (SQLite chain): init | register | show | set"),
     "wallet": ("bitmind_lite.chain.wallets", "create keys with no password prompt (devnets/tests) or show them"),
     "miner": ("bitmind_lite.miner.run", "run a miner: the detector behind a signed HTTP endpoint"),
+    "validator": ("bitmind_lite.validator.run", "run a validator: challenge miners, score them, set weights"),
+    "localnet": ("bitmind_lite.localnet", "a whole subnet on this machine: devnet, miners, a validator, a leaderboard"),
 }
 
 

@@ -1,0 +1,136 @@
+"""Start a validator: `python neurons/validator.py [flags]` or `bitmind-lite validator [flags]` (flags: --help).
+
+Start-up order: config -> logging -> hotkey -> chain (registration check) -> state (refuses a corrupt file)
+-> challenge sampler -> /metrics -> the challenge loop. SIGTERM/SIGINT let the challenge in flight finish, save,
+and exit 0. Exit status 2 means bad settings, missing keys or an unusable state file: restarting will not help.
+"""
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from loguru import logger
+
+from bitmind_lite.config import ValidatorConfig, dump_config, load_config
+from bitmind_lite.log import setup_logging
+
+EXIT_CONFIG = 2
+STATE_FILE = "state.db"
+LOG_FILE = "challenges.jsonl"
+
+
+def state_paths(cfg: ValidatorConfig) -> tuple[Path, Path]:
+    root = Path(cfg.neuron.state_dir).expanduser()
+    return root / STATE_FILE, root / LOG_FILE
+
+
+def make_sampler(cfg: ValidatorConfig):
+    from bitmind_lite.data import ChallengeSampler
+
+    return ChallengeSampler(real=cfg.neuron.real, fake=cfg.neuron.fake, fake_prob=cfg.neuron.fake_prob,
+                            seed=cfg.neuron.seed)
+
+
+def build_validator(cfg: ValidatorConfig, keypair, chain, sampler=None, metrics=None):
+    """Everything the loop needs, from config; raises StateError for an unusable state file."""
+    from bitmind_lite.validator.loop import Validator
+    from bitmind_lite.validator.state import StateStore
+    from bitmind_lite.validator.telemetry import ChallengeLog, WandbRun
+
+    state_path, log_path = state_paths(cfg)
+    store = StateStore.open(state_path, owner=f"netuid {cfg.netuid} / {keypair.ss58_address}")
+    wandb = WandbRun(not cfg.wandb.off, cfg.wandb.project, cfg.wandb.entity,
+                     name=f"validator-{keypair.ss58_address[:8]}", config=cfg.model_dump())
+    return Validator(cfg, chain, keypair, sampler or make_sampler(cfg), store, ChallengeLog(log_path), wandb,
+                     metrics)
+
+
+def check_registration(chain, hotkey: str, netuid: int) -> Optional[str]:
+    """An error message when the hotkey is not registered; None when it is, or when the chain cannot say yet."""
+    import bittensor as bt
+
+    from bitmind_lite.chain import ChainUnavailable
+
+    try:
+        me = chain.metagraph().by_hotkey(hotkey)
+    except ChainUnavailable as e:
+        logger.warning(f"cannot check registration yet (chain unavailable): {e}")
+        return None
+    except bt.BittensorError as e:  # e.g. the subnet does not exist on this network
+        return f"cannot read netuid {netuid}: {e}"
+    if me is None:
+        return f"hotkey {hotkey} is not registered on netuid {netuid}; register it first (btcli subnets register)"
+    if not me.validator_permit:
+        logger.warning(f"uid {me.uid} has no validator permit yet: the chain will refuse its weights until it does")
+    logger.info(f"validator uid {me.uid}, stake {me.stake:g}")
+    return None
+
+
+async def serve(validator, cfg: ValidatorConfig) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner = None
+    if cfg.neuron.metrics_port:
+        runner = await validator.metrics.serve(cfg.neuron.metrics_ip, cfg.neuron.metrics_port)
+    try:
+        done = await validator.run(rounds=cfg.neuron.rounds, stop=stop)
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+    logger.info(f"validator stopped after {done} challenges (step {validator.state.step})")
+    return 0
+
+
+def run_validator(cfg: ValidatorConfig) -> int:
+    setup_logging(cfg.logging.level, cfg.logging.logging_dir, name="validator")
+    logger.info("bitmind-lite validator starting with\n" + dump_config(cfg))
+    from bitmind_lite.chain import Chain, load_wallet
+    from bitmind_lite.validator.state import StateError
+
+    try:
+        keypair = load_wallet(cfg.wallet.name, cfg.wallet.hotkey, cfg.wallet.path).hotkey
+    except Exception as e:  # noqa: BLE001 - any key problem is a configuration problem
+        logger.error(f"cannot load hotkey {cfg.wallet.name}/{cfg.wallet.hotkey} from {cfg.wallet.path}: {e}")
+        return EXIT_CONFIG
+    try:
+        chain = Chain.from_config(cfg, hotkey=keypair)
+    except Exception as e:  # noqa: BLE001
+        logger.error(f"cannot open chain {cfg.subtensor.network!r}: {type(e).__name__}: {e}")
+        return EXIT_CONFIG
+    problem = check_registration(chain, keypair.ss58_address, cfg.netuid)
+    if problem:
+        logger.error(problem)
+        return EXIT_CONFIG
+    try:
+        validator = build_validator(cfg, keypair, chain)
+    except StateError as e:
+        logger.error(str(e))
+        return EXIT_CONFIG
+    except (ValueError, FileNotFoundError) as e:
+        logger.error(f"cannot build the challenge sampler: {e}")
+        return EXIT_CONFIG
+    logger.info(f"state: step {validator.state.step}, {len(validator.state.miners)} uids, last weights at block "
+                f"{validator.state.last_weights_block}")
+    try:
+        return asyncio.run(serve(validator, cfg))
+    finally:
+        validator.store.close()
+        if validator.log is not None:
+            validator.log.close()
+        if validator.wandb is not None:
+            validator.wandb.finish()
+        chain.close()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    cfg = load_config(ValidatorConfig, argv, prog="validator", default_env_file=".env.validator")
+    return run_validator(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
