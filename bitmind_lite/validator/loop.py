@@ -159,16 +159,16 @@ class Validator:
             self.log.append(record)
         valid = sum(a.valid for a in r.answers)
         m = self.metrics
-        m.inc("bitmind_validator_challenges_total")
-        m.inc("bitmind_validator_answers_total", valid, result="valid")
-        m.inc("bitmind_validator_answers_total", len(r.answers) - valid, result="invalid")
-        m.set("bitmind_validator_round_seconds", r.seconds)
-        m.set("bitmind_validator_miners_queried", len(r.answers))
-        m.set("bitmind_validator_chain_up", float(r.chain_up))
+        m.challenges.inc()
+        m.answers.inc("valid", amount=valid)
+        m.answers.inc("invalid", amount=len(r.answers) - valid)
+        m.round_seconds.set(r.seconds)
+        m.miners_queried.set(len(r.answers))
+        m.chain_up.set(float(r.chain_up))
         if self.state.last_weights_block is not None:
-            m.set("bitmind_validator_last_weights_block", self.state.last_weights_block)
+            m.last_weights_block.set(self.state.last_weights_block)
         for uid, s in scores.items():
-            m.set("bitmind_validator_miner_score", s, uid=uid)
+            m.miner_score.set(s, str(uid))
         if self.wandb is not None:
             self.wandb.log({"label": r.label, "source": r.meta.get("source"), "valid_answers": valid,
                             "answers": len(r.answers), "round_seconds": r.seconds,

@@ -6,12 +6,12 @@ None of these may stop a validator: a failing W&B turns itself off with one warn
 from __future__ import annotations
 
 import json
-import math
-import time
 from pathlib import Path
 from typing import Optional
 
 from loguru import logger
+
+from bitmind_lite.metrics import Counter, Gauge, render_metrics
 
 
 class ChallengeLog:
@@ -67,45 +67,21 @@ class WandbRun:
                 pass
 
 
-def _fmt(v: float) -> str:
-    return repr(float(v)) if math.isfinite(v) else ("NaN" if math.isnan(v) else ("+Inf" if v > 0 else "-Inf"))
-
-
 class ValidatorMetrics:
-    """A handful of gauges and counters in the Prometheus text format (no client library needed for this few)."""
-
-    HELP = {
-        "bitmind_validator_challenges_total": ("counter", "challenges completed"),
-        "bitmind_validator_answers_total": ("counter", "miner answers by result (valid/invalid)"),
-        "bitmind_validator_round_seconds": ("gauge", "wall time of the last challenge round"),
-        "bitmind_validator_miners_queried": ("gauge", "miners queried in the last challenge"),
-        "bitmind_validator_chain_up": ("gauge", "1 when the last chain call succeeded"),
-        "bitmind_validator_last_weights_block": ("gauge", "block of the last successful set_weights"),
-        "bitmind_validator_miner_score": ("gauge", "EMA score per miner uid"),
-    }
+    """The validator's Prometheus metrics (the exposition format lives in bitmind_lite/metrics.py)."""
 
     def __init__(self):
-        self.values: dict[tuple[str, tuple], float] = {}
-        self.started = time.time()
-
-    def set(self, name: str, value: float, **labels) -> None:
-        self.values[(name, tuple(sorted(labels.items())))] = float(value)
-
-    def inc(self, name: str, amount: float = 1.0, **labels) -> None:
-        key = (name, tuple(sorted(labels.items())))
-        self.values[key] = self.values.get(key, 0.0) + amount
+        self.challenges = Counter("bitmind_validator_challenges_total", "challenges completed")
+        self.answers = Counter("bitmind_validator_answers_total", "miner answers by result (valid/invalid)",
+                               ("result",))
+        self.round_seconds = Gauge("bitmind_validator_round_seconds", "wall time of the last challenge round")
+        self.miners_queried = Gauge("bitmind_validator_miners_queried", "miners queried in the last challenge")
+        self.chain_up = Gauge("bitmind_validator_chain_up", "1 when the last chain call succeeded")
+        self.last_weights_block = Gauge("bitmind_validator_last_weights_block", "block of the last successful set_weights")
+        self.miner_score = Gauge("bitmind_validator_miner_score", "EMA score per miner uid", ("uid",))
 
     def render(self) -> str:
-        lines = []
-        for name, (kind, help_) in self.HELP.items():
-            samples = sorted((labels, v) for (n, labels), v in self.values.items() if n == name)
-            if not samples:
-                continue
-            lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}"]
-            for labels, v in samples:
-                label_text = "{" + ",".join(f'{k}="{val}"' for k, val in labels) + "}" if labels else ""
-                lines.append(f"{name}{label_text} {_fmt(v)}")
-        return "\n".join(lines) + "\n"
+        return render_metrics([v for v in vars(self).values() if hasattr(v, "samples")])
 
     async def serve(self, host: str, port: int):
         """Start GET /metrics on the running loop; returns the aiohttp runner (call `await runner.cleanup()`)."""
