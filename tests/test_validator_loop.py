@@ -143,6 +143,7 @@ def test_a_replaced_hotkey_starts_from_a_clean_history(tmp_path, symbols):
         old = v.state.miners[uid]
         assert len(old.history) == 3
         net.register(2, replace_uid=uid)  # the spare miner takes the uid over, on its own port
+        time.sleep(0.3)  # past sync_interval (0.1 s), so the next challenge reads the new metagraph
         (report,) = challenges(v, 1)
     finally:
         net.close()
