@@ -43,7 +43,8 @@ class RandomDetector(Detector):
 
 
 @register_detector("random")
-def random_detector(weights=None, device="auto", **kw) -> Detector:
+def random_detector(weights=None, device="auto", runtime: str = "eager", **kw) -> Detector:
     if weights is not None:
         raise ValueError("the random detector takes no weights")
+    # no network, so every runtime is the same; accepting it lets `--neuron.runtime` stay set when switching detectors
     return RandomDetector(device=device, **kw)

@@ -1,0 +1,271 @@
+"""Train a registered detector (npr, or the npr_raw baseline) with the NPR paper's recipe.
+
+    python base_miner/train.py --name 4class --dataroot DATA --classes car,cat,chair,horse \\
+        --batch_size 32 --delr_freq 10 --lr 0.0002 --niter 50
+    torchrun --nproc_per_node 2 base_miner/train.py ...          # DDP: gloo on CPU, nccl on CUDA
+
+DATA is the CNNDetection layout: DATA/train/<class>/0_real|1_fake/*.png (and DATA/val/... for validation).
+Recipe: Adam(lr, betas .9/.999), BCE with logits, lr x0.9 every `--delr_freq` epochs, random 224 crop + flip without
+resizing (small images are tiled), ImageNet normalisation; optional blur/JPEG augmentation for both classes.
+Writes to CHECKPOINTS/NAME/: model_epoch_best.pth and model_epoch_last.pth (plain state_dicts with the reference key
+names, loadable by `create_detector(arch, weights=...)`), train_state.pt (for --resume), history.json, curves.png and
+TensorBoard logs in tb/. `--batch_size` is the global batch, split over DDP processes (see distributed.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if __name__ == "__main__":  # `python base_miner/train.py` and `cd base_miner && python train.py` (the seed README)
+    sys.path[0] = str(ROOT)  # the repo root replaces base_miner/, whose test.py would shadow the stdlib `test`
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from base_miner import distributed  # noqa: E402
+from base_miner.data import Augment, EvalDataset, TrainDataset, loader, parse_range, split_samples  # noqa: E402
+from base_miner.metrics import binary_metrics  # noqa: E402
+from bitmind_lite.detectors import create_detector, list_detectors  # noqa: E402
+from bitmind_lite.detectors.base import resolve_device  # noqa: E402
+
+BEST, LAST, STATE = "model_epoch_best.pth", "model_epoch_last.pth", "train_state.pt"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--name", default="npr", help="experiment name: outputs go to CHECKPOINTS_DIR/NAME")
+    p.add_argument("--dataroot", required=True, help="folder with train/ (and val/) in the CNNDetection layout")
+    p.add_argument("--classes", default="", help="comma-separated class folders to use (default: all)")
+    p.add_argument("--batch_size", type=int, default=32, help="global batch size (split over DDP processes)")
+    p.add_argument("--delr_freq", type=int, default=10, help="multiply the lr by 0.9 every this many epochs")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--niter", type=int, default=50, help="number of epochs")
+    p.add_argument("--arch", default="npr", help="registered trainable detector (npr, npr_raw)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--workers", type=int, default=None, help="data loader workers (default: 4 on CUDA, 0 on CPU)")
+    p.add_argument("--seed", type=int, default=100, help="the reference uses 100")
+    p.add_argument("--checkpoints_dir", default="./checkpoints")
+    p.add_argument("--blur_prob", type=float, default=0.0, help="probability of Gaussian blur (both classes)")
+    p.add_argument("--blur_sig", default="0.0,3.0", help="blur sigma: value or 'low,high'")
+    p.add_argument("--jpg_prob", type=float, default=0.0, help="probability of JPEG re-encoding (both classes)")
+    p.add_argument("--jpg_qual", default="30,100", help="JPEG quality: value or 'low,high'")
+    p.add_argument("--resume", action="store_true", help="continue CHECKPOINTS_DIR/NAME from its last epoch")
+    p.add_argument("--val_every", type=int, default=1, help="validate every this many epochs (0 = never)")
+    p.add_argument("--crop_size", type=int, default=224, help="training crop (no resize)")
+    p.add_argument("--eval_size", type=int, default=256, help="validation input size (the detector's serving size)")
+    p.add_argument("--max_train", type=int, default=0,
+                   help="use a seeded random subset of this many training images (0 = all): short CPU runs")
+    return p
+
+
+def check_args(p: argparse.ArgumentParser, args) -> None:
+    """Bad input is a CLI error with a message, before any work starts."""
+    if args.max_train < 0:
+        p.error("--max_train must be >= 0")
+    for name in ("batch_size", "delr_freq", "niter", "crop_size", "eval_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1")
+    if args.crop_size % 2 or args.eval_size % 2:
+        p.error("--crop_size and --eval_size must be even (NPR works on 2x2 blocks)")
+    if not args.lr > 0:
+        p.error("--lr must be > 0")
+    if args.val_every < 0 or (args.workers is not None and args.workers < 0):
+        p.error("--val_every and --workers must be >= 0")
+    for name in ("blur_prob", "jpg_prob"):
+        if not 0 <= getattr(args, name) <= 1:
+            p.error(f"--{name} must be in [0, 1]")
+    try:
+        args.blur_sig = parse_range(args.blur_sig)
+        args.jpg_qual = parse_range(args.jpg_qual, int)
+    except ValueError as e:
+        p.error(str(e))
+    if not 1 <= args.jpg_qual[0] <= args.jpg_qual[1] <= 100:
+        p.error("--jpg_qual must be within 1..100")
+    if args.arch not in list_detectors():
+        p.error(f"unknown --arch {args.arch!r}; registered: {', '.join(list_detectors())}")
+    args.classes = [c for c in args.classes.split(",") if c.strip()]
+
+
+def lr_at(args, epoch: int) -> float:
+    """The reference decay, stateless so that --resume needs nothing but the epoch: lr * 0.9^(epoch // delr_freq)."""
+    return args.lr * 0.9 ** (epoch // args.delr_freq)
+
+
+def evaluate(model, detector, samples, batch_size: int, workers: int, device) -> dict:
+    """Validation through the detector's serving preprocess (center crop/tile at eval_size, no resize)."""
+    model.eval()
+    ys, ps = [], []
+    with torch.inference_mode():
+        for x, y in loader(EvalDataset(samples, detector.preprocess), batch_size, workers):
+            ps.append(torch.sigmoid(model(x.to(device)).float()).cpu())
+            ys.append(y)
+    model.train()
+    return binary_metrics(torch.cat(ys).numpy(), torch.cat(ps).numpy())
+
+
+def save_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] + 1 for h in history]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    a1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
+    a1.set_xlabel("epoch"), a1.set_ylabel("BCE"), a1.legend(), a1.grid(alpha=0.3)
+    a2.plot(epochs, [h["train_acc"] for h in history], "o-", label="train acc")
+    for key in ("acc", "ap", "r_acc", "f_acc"):
+        pts = [(h["epoch"] + 1, h["val"][key]) for h in history if h.get("val") and h["val"].get(key) is not None]
+        if pts:
+            a2.plot(*zip(*pts), "s--", label=f"val {key}")
+    a2.set_xlabel("epoch"), a2.set_ylim(0, 1.02), a2.legend(), a2.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def val_score(m: dict) -> tuple:
+    """Best checkpoint: balanced accuracy at 0.5 first (what validators see), AP to break ties."""
+    bal = np.mean([v for v in (m["r_acc"], m["f_acc"]) if v is not None])
+    return float(bal), float(m["ap"] or 0.0)
+
+
+def train(args) -> int:
+    device = resolve_device(args.device)
+    ctx = distributed.init(device.type)
+    if ctx.world > 1 and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
+    if args.batch_size % ctx.world:
+        raise ValueError(f"--batch_size {args.batch_size} must be divisible by the {ctx.world} processes")
+    workers = args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)
+    out = Path(args.checkpoints_dir) / args.name
+    train_samples = split_samples(args.dataroot, "train", args.classes)
+    if 0 < args.max_train < len(train_samples):
+        keep = np.random.default_rng(args.seed).choice(len(train_samples), args.max_train, replace=False)
+        train_samples = [train_samples[i] for i in sorted(keep)]
+    val_dir = Path(args.dataroot) / "val"
+    val_samples = split_samples(args.dataroot, "val", args.classes) if val_dir.is_dir() and args.val_every else []
+
+    torch.manual_seed(args.seed)  # identical initial weights on every rank (DDP also broadcasts them)
+    detector = create_detector(args.arch, device=device, pretrained=False, input_size=args.eval_size)
+    if not getattr(detector, "trainable", False):
+        raise ValueError(f"detector {args.arch!r} is not trainable")
+    # the freshly initialised network, built by the registry; NHWC is faster for oneDNN and cuDNN convolutions
+    net = detector.model.train().to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(net.parameters(), lr=args.lr, betas=(0.9, 0.999))
+    start_epoch, history, best = 0, [], None
+    if args.resume:
+        if not (out / STATE).is_file():
+            raise FileNotFoundError(f"--resume: no {out / STATE} (train once without --resume first)")
+        state = torch.load(out / STATE, map_location="cpu", weights_only=False)
+        if state["arch"] != args.arch:
+            raise ValueError(f"--resume: {out} was trained as --arch {state['arch']}, not {args.arch}")
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, history, best = state["epoch"], state["history"], state["best"]
+    model = distributed.wrap(net, ctx, device)
+
+    dataset = TrainDataset(train_samples, Augment(args.crop_size, args.blur_prob, args.blur_sig, args.jpg_prob,
+                                                  args.jpg_qual), seed=args.seed)
+    # the same sampler for 1 or N processes: N ranks take interleaved slices of one seeded permutation, so their
+    # per-rank batches together are exactly the 1-process batch
+    sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=ctx.world, rank=ctx.rank, shuffle=True,
+                                                  seed=args.seed)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    writer = None
+    if ctx.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "opt.json").write_text(json.dumps(vars(args), indent=2, default=str))
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tb"))
+        print(f"[{args.arch}] {len(train_samples)} train / {len(val_samples)} val images, {ctx.world} process(es), "
+              f"device {device}, epochs {start_epoch}..{args.niter - 1}", flush=True)
+    steps_per_epoch = -(-len(sampler) // (args.batch_size // ctx.world))
+    from tqdm import tqdm
+
+    for epoch in range(start_epoch, args.niter):
+        t0 = time.time()
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(args, epoch)
+        sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        sums = [0.0, 0.0, 0.0]  # loss * n, correct, n
+        batches = loader(dataset, args.batch_size // ctx.world, workers, sampler)
+        for i, (x, y) in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}/{args.niter}", disable=not ctx.main,
+                                        leave=False)):
+            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            y = y.to(device, non_blocking=True)
+            logits = model(x)
+            loss = loss_fn(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            n = float(y.numel())
+            step = distributed.all_sum(ctx, [loss.item() * n, float(((logits > 0).float() == y).sum()), n])
+            sums = [a + b for a, b in zip(sums, step)]
+            if writer is not None:
+                writer.add_scalar("train/loss", step[0] / step[2], epoch * steps_per_epoch + i)
+        record = {"epoch": epoch, "lr": lr_at(args, epoch), "train_loss": sums[0] / sums[2],
+                  "train_acc": sums[1] / sums[2], "seconds": round(time.time() - t0, 2), "val": None}
+        last_epoch = epoch == args.niter - 1
+        if ctx.main:
+            if val_samples and ((epoch + 1) % args.val_every == 0 or last_epoch):
+                record["val"] = evaluate(net, detector, val_samples, args.batch_size, workers, device)
+                for k in ("acc", "ap", "r_acc", "f_acc"):
+                    if record["val"][k] is not None:
+                        writer.add_scalar(f"val/{k}", record["val"][k], epoch)
+            writer.add_scalar("train/epoch_loss", record["train_loss"], epoch)
+            writer.add_scalar("train/acc", record["train_acc"], epoch)
+            writer.add_scalar("train/lr", record["lr"], epoch)
+            history.append(record)
+            weights = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+            save_atomic(weights, out / LAST)
+            score = val_score(record["val"]) if record["val"] else None
+            if best is None or best["score"] is None or (score is not None and score > tuple(best["score"])):
+                best = {"epoch": epoch, "score": score}  # without validation, best follows last
+                save_atomic(weights, out / BEST)
+            save_atomic({"arch": args.arch, "model": weights, "optimizer": optimizer.state_dict(),
+                         "epoch": epoch + 1, "history": history, "best": best, "args": vars(args)}, out / STATE)
+            (out / "history.json").write_text(json.dumps({"arch": args.arch, "best": best, "history": history},
+                                                         indent=2))
+            plot_curves(history, out / "curves.png")
+            val_txt = (f" val acc {record['val']['acc']:.3f} ap {record['val']['ap'] or 0:.3f} "
+                       f"real {record['val']['r_acc'] or 0:.3f} fake {record['val']['f_acc'] or 0:.3f}"
+                       if record["val"] else "")
+            print(f"epoch {epoch + 1}/{args.niter} loss {record['train_loss']:.4f} acc {record['train_acc']:.3f} "
+                  f"lr {record['lr']:.2e} {record['seconds']:.0f}s{val_txt}", flush=True)
+        distributed.barrier(ctx)
+    if writer is not None:
+        writer.close()
+        print(f"saved {out / BEST} (epoch {best['epoch'] + 1}) and {out / LAST}", flush=True)
+    distributed.shutdown(ctx)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    try:
+        return train(args)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
