@@ -29,6 +29,8 @@ CORE = [
     "tqdm>=4.66",
     "tensorboard>=2.15",
     "python-dotenv>=1.0",
+    # Runs the pretrained generator zoo (Real-CUGAN, waifu2x, SRMD, SPAN) on the CPU; see bitmind_lite/data/ncnn_zoo.py.
+    "ncnn>=1.0.20240410",
 ]
 EXTRAS = {
     "online": ["diffusers>=0.30", "transformers>=4.40", "datasets>=2.19", "safetensors>=0.4", "huggingface-hub>=0.23"],

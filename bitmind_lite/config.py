@@ -94,8 +94,12 @@ class ValidatorNeuronConfig(Section):
     moving_average_alpha: float = Field(0.05, gt=0, le=1, description="EMA weight of a new reward")
     epoch_length: int = Field(100, ge=1, description="blocks between weight setting")
     fake_prob: float = Field(0.5, ge=0, le=1, description="probability that a challenge is AI-generated")
-    real: str = Field("bundled", description="real image source spec (bundled | dir:PATH | hf:DATASET[:SPLIT])")
-    fake: str = Field("procedural", description="synthetic source spec (procedural | diffusers:MODEL)")
+    real: str = Field("bundled", description="real image source spec (bundled | dir:PATH | hf:DATASET[:SPLIT]); "
+                      "on finney/test it must be a private pool (bundled photos are public: demos only)")
+    allow_public_real_pool: bool = Field(False, description="serve the public bundled photos on finney/test anyway "
+                                                            "(miners can look them up: not for a real network)")
+    fake: str = Field("offline", description="generator family mix: offline | KIND[=W],FAMILY[=W],... "
+                      "(bitmind-lite data families), or procedural[:FAM,..] | diffusers:MODEL")
     state_dir: str = Field("~/.bitmind-lite/validator", description="scores database and challenge log")
     rounds: int = Field(0, ge=0, description="stop after this many challenges (0 = run forever)")
     metrics_port: Optional[int] = Field(None, ge=1, le=65535, description="serve Prometheus /metrics here")

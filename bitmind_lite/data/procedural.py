@@ -22,7 +22,15 @@ from PIL import Image
 
 from bitmind_lite.data.photo import Photo, SourceError, ensure_min_size, pil_to_tensor, reencode_like, tensor_to_pil
 
-FAMILIES = ("nearest", "bilinear", "bicubic", "transposed", "pixelshuffle")
+FAMILIES = {  # the provider table of families.py: name -> source, description
+    "nearest": {"source": "bitmind_lite.data.procedural", "description": "2x nearest up-sampling + random conv decoder"},
+    "bilinear": {"source": "bitmind_lite.data.procedural", "description": "2x bilinear up-sampling + random conv decoder"},
+    "bicubic": {"source": "bitmind_lite.data.procedural", "description": "2x bicubic up-sampling + random conv decoder"},
+    "transposed": {"source": "bitmind_lite.data.procedural",
+                   "description": "stride-2 deconv (bilinear init + noise) + random conv decoder: checkerboards"},
+    "pixelshuffle": {"source": "bitmind_lite.data.procedural",
+                     "description": "conv + PixelShuffle(2) (ICNR init + noise) + random conv decoder"},
+}
 EPS_RANGE = (0.02, 0.08)  # decoder residual weight
 KERNEL_NOISE_RANGE = (0.005, 0.025)  # std of the perturbation of learnt up-samplers (transposed, pixelshuffle)
 HIDDEN_CHOICES = (8, 16)  # decoder width
@@ -93,6 +101,7 @@ def sample_params(rng: np.random.Generator, family: str, strength: float = 1.0) 
     """Per-image generator parameters (JSON-serialisable); `strength` < 1 makes the traces fainter (harder)."""
     return {
         "family": family,
+        "kind": "procedural",
         "scale": 2,
         "down": "box",
         "eps": round(float(rng.uniform(*EPS_RANGE)) * strength, 5),
@@ -148,3 +157,11 @@ class ProceduralSource:
 
     def close(self) -> None:
         pass
+
+
+def family_status(name: str) -> str | None:
+    return None if name in FAMILIES else f"not a procedural family (choose from {', '.join(FAMILIES)})"
+
+
+def open_source(families, **options) -> ProceduralSource:
+    return ProceduralSource(list(families), spec="procedural:" + ",".join(families), **options)

@@ -3,6 +3,7 @@
     procedural                     all procedural families (the offline default)
     procedural:bilinear,bicubic    a subset of them
     diffusers:MODEL_ID_OR_DIR      a diffusers text-to-image pipeline (needs the [online] extra)
+    offline | KIND[=W],FAMILY[=W]  a weighted mix of registered generator families (families.py; the default)
 
 A fake source has `families`, `describe()`, `make(photo, box, rng, family=None) -> (image, params)` and `close()`.
 """
@@ -27,7 +28,24 @@ def open_fake_source(spec: str, **options):
         from bitmind_lite.data.diffusers_source import DiffusersSource  # lazy: diffusers is optional and slow to import
 
         return DiffusersSource(model, spec=spec, **options)
-    raise SourceError(f"unknown fake source {spec!r}; use procedural[:FAMILY,...] or diffusers:MODEL_ID_OR_DIR")
+    if ":" in spec.partition(",")[0].partition("=")[0]:
+        raise SourceError(f"unknown fake source {spec!r}; use procedural[:FAMILY,...], diffusers:MODEL_ID_OR_DIR "
+                          "or a family mix such as offline or pretrained=2,nearest")
+    from bitmind_lite.data.families import FamilyMix
+
+    return FamilyMix.from_spec(spec, **route_options(options))
+
+
+PROCEDURAL_OPTIONS = ("strength", "match_jpeg")
+
+
+def route_options(options: dict) -> dict:
+    """Flat source options (strength=, device=, steps=, ...) -> per-kind options for a FamilyMix: the procedural
+    knobs go to procedural families, everything else (device, steps, caption_model) to the network kinds."""
+    proc = {k: v for k, v in options.items() if k in PROCEDURAL_OPTIONS}
+    rest = {k: v for k, v in options.items() if k not in PROCEDURAL_OPTIONS}
+    nets = {k: v for k, v in rest.items() if k == "device"}
+    return {"procedural": proc, "pretrained": nets, "house": nets, "semisynthetic": nets, "online": rest}
 
 
 __all__ = ["open_real_source", "open_fake_source", "RealSource", "SourceError"]
