@@ -16,6 +16,15 @@ from bitmind_lite.data.builder import BuildConfig, build_dataset  # noqa: E402
 from bitmind_lite.data.diffusers_source import DiffusersSource, build_tiny_sd_pipeline  # noqa: E402
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny pipelines run faster on one thread, and the test machine is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tiny_sd(tmp_path_factory):
     return build_tiny_sd_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd")
@@ -149,3 +158,113 @@ def test_sampler_and_builder_use_diffusers_fakes(tiny_sd, source, tmp_path):
     for split, cls in (("train", "diffusers-tiny-sd"), ("test", "diffusers-tiny-sd"), ("test", "nearest")):
         assert (tmp_path / "ds" / split / cls / "1_fake" / "00000.png").exists()
     assert manifest["fake_sources"][1]["pipeline"] == "StableDiffusionPipeline"
+
+
+# -- the online kind: registered families on hub checkpoints, here pointed at tiny local stand-ins ------------------
+
+from bitmind_lite.data import diffusers_source as online  # noqa: E402
+from bitmind_lite.data import families as registry  # noqa: E402
+from bitmind_lite.data import semisynthetic as semi  # noqa: E402
+from bitmind_lite.data.photo import photo_from_pil  # noqa: E402
+
+
+@pytest.fixture
+def empty_hf_cache(tmp_path, monkeypatch):
+    """An offline machine whose Hugging Face cache is an empty temp dir (huggingface_hub read HF_HOME at import,
+    so its cache constant is pointed there too)."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.delenv(online.MODELS_ENV, raising=False)
+    return tmp_path / "hf" / "hub"
+
+
+@pytest.fixture(scope="module")
+def tiny_inpaint(tmp_path_factory):
+    return build_tiny_sd_pipeline(tmp_path_factory.mktemp("models") / "tiny-inpaint", task="inpaint")
+
+
+@pytest.fixture(scope="module")
+def online_mix(tiny_sd, tiny_inpaint, tmp_path_factory):
+    """`online` as a validator would open it, with sd15 / sd15_img2img / sd_inpaint overridden to the stand-ins
+    and the other families (sdxl_turbo, flux_schnell) left on their uncached hub ids."""
+    import huggingface_hub.constants
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path_factory.mktemp("empty-hf-cache")))
+        mp.setenv(online.MODELS_ENV, f"sd15={tiny_sd}, sd15_img2img={tiny_sd},sd_inpaint={tiny_inpaint}")
+        mix = registry.FamilyMix.from_spec("online", online={"device": "cpu", "steps": 2, "caption_model": None})
+        yield mix
+        mix.close()
+
+
+def test_online_families_need_the_local_cache(empty_hf_cache, tmp_path):
+    for name, info in online.FAMILIES.items():
+        why = registry.get_family(name).status()
+        assert why is not None and f"run `hf download {info['source']}` while online" in why, why
+        assert "HF_HUB_OFFLINE=1" in why and registry.get_family(name).kind == "online"
+    with pytest.raises(SourceError, match="no online family is available"):
+        registry.parse_mix("online")
+    with pytest.raises(SourceError, match="sdxl_turbo.*hf download stabilityai/sdxl-turbo"):
+        registry.parse_mix("sdxl_turbo")
+    with pytest.raises(SourceError, match="sd15.*not in the local Hugging Face cache"):
+        online.open_source(["sd15"])
+    assert not set(online.FAMILIES) & set(registry.parse_mix("offline"))  # never in the offline default
+
+
+def test_a_cached_checkpoint_is_available(empty_hf_cache, monkeypatch):
+    snapshot = empty_hf_cache / "models--some-org--some-model" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "model_index.json").write_text("{}")
+    (empty_hf_cache / "models--some-org--some-model" / "refs").mkdir()
+    (empty_hf_cache / "models--some-org--some-model" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv(online.MODELS_ENV, "flux_schnell=some-org/some-model")
+    assert online.family_status("flux_schnell") is None
+    assert online.family_status("sd15") is not None  # the others are still on their (uncached) defaults
+
+
+def test_model_overrides_are_checked(empty_hf_cache, tmp_path, monkeypatch):
+    monkeypatch.setenv(online.MODELS_ENV, "sd15")
+    with pytest.raises(SourceError, match=f"{online.MODELS_ENV}.*FAMILY=HUB_ID_OR_DIR"):
+        online.model_locations()
+    assert online.MODELS_ENV in registry.get_family("sd15").status()  # a bad override: unavailable, no crash
+    monkeypatch.setenv(online.MODELS_ENV, f"sd15={tmp_path}")
+    assert "no model_index.json" in online.family_status("sd15")
+    assert online.family_status("sd15", models={"sd15": "/no/such/dir"}).endswith("(no model_index.json)")
+    with pytest.raises(SourceError, match="unknown families"):
+        online.model_locations({"sd99": str(tmp_path)})
+
+
+def test_online_families_on_stand_ins(online_mix, photo, tiny_sd, tiny_inpaint):
+    assert set(online_mix.families) == {"sd15", "sd15_img2img", "sd_inpaint"}
+    (src,) = online_mix.members()
+    assert src.kind == "online"
+    assert src.describe()["sources"]["sd_inpaint"]["pipeline"] == "StableDiffusionInpaintPipeline"
+    members = src._sources
+    assert members["sd15_img2img"].pipe.unet is members["sd15"].pipe.unet  # one checkpoint, one copy of its weights
+    box = (40, 20, 40 + 56, 20 + 56)  # 56 is not a multiple of 16: generated at 64, cropped
+    for name, pipeline in (("sd15", "StableDiffusionPipeline"), ("sd15_img2img", "StableDiffusionImg2ImgPipeline"),
+                           ("sd_inpaint", "StableDiffusionInpaintPipeline")):
+        img, params = online_mix.make(photo, box, np.random.default_rng(5), family=name)
+        assert img.size == (56, 56) and img.mode == "RGB"
+        json.dumps(params)
+        assert params["family"] == name and params["kind"] == "online" and params["pipeline"] == pipeline
+        assert params["model"] == str(tiny_inpaint if name == "sd_inpaint" else tiny_sd)
+        assert params["generated_size"] == [64, 64] and params["attempts"] == 1 and params["prompt"]
+        assert {"seed", "steps", "guidance", "task", "prompt_source", "source_jpeg"} <= set(params)
+        if name != "sd15":
+            lo, hi = online.FAMILIES[name]["strength"]
+            assert lo <= params["strength"] <= hi and int(params["steps"] * params["strength"]) >= 1
+    assert "mask" in params and params["mask"]["size"] == [56, 56]
+
+
+def test_inpainting_changes_only_the_masked_region(online_mix, real_photo):
+    png = photo_from_pil(real_photo, "skimage/coffee")  # no JPEG history: outside pixels must be exact
+    box = (100, 50, 148, 98)
+    for seed in range(2):
+        img, params = online_mix.make(png, box, np.random.default_rng(seed), family="sd_inpaint")
+        diff = np.abs(np.asarray(img, dtype=np.int16) - np.asarray(png.image.crop(box), dtype=np.int16)).max(axis=2)
+        alpha = semi.mask_alpha(json.loads(json.dumps(params["mask"])))
+        assert diff[alpha == 0].max() == 0 and (diff[semi.shape_mask(params["mask"])] > 0).mean() > 0.9
