@@ -109,6 +109,13 @@ class ValidatorNeuronConfig(Section):
     vpermit_stake_limit: float = Field(4096.0, ge=0, description="neurons with a validator permit and more stake "
                                                                  "than this are validators, never challenged")
     seed: Optional[int] = Field(None, description="seed for challenge and miner sampling (default: random)")
+    cache: bool = Field(True, description="serve challenges from an on-disk pool that a background process keeps "
+                                          "full, so a round never waits for a generator")
+    cache_dir: Optional[str] = Field(None, description="challenge pool folder (default: STATE_DIR/challenge-cache)")
+    cache_items: int = Field(256, ge=1, description="most challenges in the pool")
+    cache_mb: float = Field(256.0, gt=0, description="most megabytes of challenges in the pool")
+    cache_uses: int = Field(1, ge=1, description="rounds one pooled challenge may be sent to (1: never replayed)")
+    cache_device: Device = Field("auto", description="device of the pool filler's generator networks")
 
 
 class WandbConfig(Section):

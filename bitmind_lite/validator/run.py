@@ -1,8 +1,9 @@
 """Start a validator: `python neurons/validator.py [flags]` or `bitmind-lite validator [flags]` (flags: --help).
 
 Start-up order: config -> logging -> hotkey -> chain (registration check) -> state (refuses a corrupt file)
--> challenge sampler -> /metrics -> the challenge loop. SIGTERM/SIGINT let the challenge in flight finish, save,
-and exit 0. Exit status 2 means bad settings, missing keys or an unusable state file: restarting will not help.
+-> challenge sampler (and its cache filler process) -> /metrics -> the challenge loop. SIGTERM/SIGINT let the
+challenge in flight finish, save, and exit 0. Exit status 2 means bad settings, missing keys or an unusable state
+file: restarting will not help.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from bitmind_lite.log import setup_logging
 EXIT_CONFIG = 2
 STATE_FILE = "state.db"
 LOG_FILE = "challenges.jsonl"
+CACHE_DIR = "challenge-cache"
 
 
 def state_paths(cfg: ValidatorConfig) -> tuple[Path, Path]:
@@ -27,11 +29,22 @@ def state_paths(cfg: ValidatorConfig) -> tuple[Path, Path]:
     return root / STATE_FILE, root / LOG_FILE
 
 
-def make_sampler(cfg: ValidatorConfig):
-    from bitmind_lite.data import ChallengeSampler
+def cache_dir(cfg: ValidatorConfig) -> Path:
+    return Path(cfg.neuron.cache_dir or Path(cfg.neuron.state_dir) / CACHE_DIR).expanduser()
 
-    return ChallengeSampler(real=cfg.neuron.real, fake=cfg.neuron.fake, fake_prob=cfg.neuron.fake_prob,
-                            seed=cfg.neuron.seed)
+
+def make_sampler(cfg: ValidatorConfig):
+    """A ChallengeSampler, or with --neuron.cache (the default) a CachedSampler: same interface, fed by a filler
+    process; its start waits for the filler to build its sources, so a bad source spec still fails here."""
+    from bitmind_lite.data import ChallengeSampler
+    from bitmind_lite.data.cache import CachedSampler, SamplerSpec
+
+    n = cfg.neuron
+    if not n.cache:
+        return ChallengeSampler(real=n.real, fake=n.fake, fake_prob=n.fake_prob, seed=n.seed)
+    spec = SamplerSpec(real=n.real, fake=n.fake, fake_prob=n.fake_prob, seed=n.seed, device=n.cache_device)
+    return CachedSampler(cache_dir(cfg), spec, max_items=n.cache_items, max_bytes=int(n.cache_mb * 2**20),
+                         max_uses=n.cache_uses, log_level=cfg.logging.level, logging_dir=cfg.logging.logging_dir)
 
 
 def build_validator(cfg: ValidatorConfig, keypair, chain, sampler=None, metrics=None):
@@ -119,6 +132,7 @@ def run_validator(cfg: ValidatorConfig) -> int:
     try:
         return asyncio.run(serve(validator, cfg))
     finally:
+        validator.sampler.close()  # a CachedSampler stops its filler process
         validator.store.close()
         if validator.log is not None:
             validator.log.close()
