@@ -271,6 +271,10 @@ def run(args) -> dict:
             "neuron": {"challenge_interval": args.interval, "sample_size": max(1, args.miners), "timeout": args.timeout,
                        "moving_average_alpha": args.alpha, "epoch_length": EPOCH_LENGTH, "sync_interval": 2.0,
                        "state_dir": str(root / "validator"), "rounds": args.rounds, "seed": args.seed,
+                       # a small pool (in STATE_DIR/challenge-cache) fills in seconds, so even the slow offline
+                       # generators rarely make a round wait
+                       # a seeded run must replay the same challenges: the pool's filler draws fresh randomness
+                       "cache": args.seed is None, "cache_items": 16, "cache_mb": 32,
                        **({"fake": args.fake} if args.fake else {})}})
         chain = Chain(connect(f"devnet:{db}"), NETUID, hotkey=vali.hotkey)
         validator = build_validator(cfg, vali.hotkey, chain)
@@ -299,6 +303,7 @@ def run(args) -> dict:
         return result
     finally:
         if validator is not None:
+            validator.sampler.close()  # stops the pool's filler process
             validator.store.close()
             validator.log.close()
         # a second Ctrl-C must not leave miners behind: cleanup is bounded (GRACE_S), so it runs to the end

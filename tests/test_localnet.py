@@ -29,7 +29,10 @@ def test_localnet_scores_miners_and_sets_weights_on_chain(tmp_path):
     out = tmp_path / "leaderboard.json"
     rounds = 15
     r = subprocess.run([*_cli(), "localnet", "--miners", "3", "--rounds", str(rounds), "--interval", "0.5",
-                        "--dir", str(tmp_path / "net"), "--json", str(out), "--seed", "1"],
+                        "--dir", str(tmp_path / "net"), "--json", str(out), "--seed", "1",
+                        # the families the bundled v1 weights were trained on: this checks the plumbing and that a
+                        # trained NPR out-earns noise; per-family skill on the zoo is measured by base_miner/test.py
+                        "--fake", "procedural"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -39,6 +42,12 @@ def test_localnet_scores_miners_and_sets_weights_on_chain(tmp_path):
     assert result["weights_block"] is not None
     assert sum(row["weight"] for row in rows.values()) == pytest.approx(1.0, abs=1e-3)
     assert "uid" in r.stdout and "weight" in r.stdout  # the leaderboard was printed
+    assert "accuracy per family" in r.stdout
+    per_family = result["per_family"]
+    assert set(per_family) == {"miner1", "miner2", "miner3"}
+    for fams in per_family.values():  # every answer is counted under its challenge's family
+        assert sum(c["n"] for c in fams.values()) == rounds
+        assert set(fams) <= {"real", "nearest", "bilinear", "bicubic", "transposed", "pixelshuffle"}
     ports = [int(p) for p in re.findall(r"http://127\.0\.0\.1:(\d+)", r.stdout)]
     assert len(ports) == 3 and not any(_listening(p) for p in ports), "every miner process was stopped"
     if default_weights("npr") is None:

@@ -17,7 +17,9 @@ from loguru import logger
 
 from bitmind_lite.chain import Chain, Devnet, connect, create_wallet
 from bitmind_lite.config import ValidatorConfig
+from bitmind_lite.data.cache import CachedChallenge
 from bitmind_lite.localnet import free_port
+from bitmind_lite.protocol import decode_image
 from bitmind_lite.validator.run import build_validator, state_paths
 from bitmind_lite.validator.state import StateStore
 
@@ -50,11 +52,13 @@ class Net:
         return uid
 
     def config(self, **neuron) -> ValidatorConfig:
+        """Rounds sample in-line (no challenge cache: its filler process costs seconds per validator built) unless
+        a test turns the cache back on."""
         return ValidatorConfig.model_validate({
             "netuid": NETUID, "subtensor": {"network": f"devnet:{self.db}"},
             "wallet": {"name": "vali", "hotkey": "default", "path": str(self.wallets)},
             "neuron": {"challenge_interval": 0.1, "timeout": 3.0, "epoch_length": 2, "sync_interval": 0.1,
-                       "state_dir": str(self.tmp / "state"), "seed": 3, "min_valid": 1, **neuron}})
+                       "state_dir": str(self.tmp / "state"), "seed": 3, "min_valid": 1, "cache": False, **neuron}})
 
     def validator(self, retries: int = 2, **neuron):
         chain = Chain(connect(f"devnet:{self.db}"), NETUID, hotkey=self.vali.hotkey, retries=retries)
@@ -164,6 +168,35 @@ def test_all_zero_scores_set_no_weights(tmp_path, symbols):
     assert v.state.last_weights_block is None and net.vali_uid not in net.devnet.weights()
 
 
+def test_rounds_are_served_from_the_challenge_pool_and_recorded(tmp_path, symbols, monkeypatch):
+    monkeypatch.setattr(CachedChallenge, "image", lambda self: pytest.fail("a pooled PNG was decoded to be re-encoded"))
+    net = Net(tmp_path, ["ok:0.9", "ok:0.1"])
+    try:
+        v = net.validator(cache=True, fake="procedural", cache_items=4)
+        try:
+            deadline = time.monotonic() + 30
+            while v.sampler.cache.stats()["items"] < 3:  # so that no round below can find the pool empty
+                assert time.monotonic() < deadline, "the cache filler did not fill the pool"
+                time.sleep(0.05)
+            reports = challenges(v, 2)
+            body, label, meta = v._draw_challenge()  # what the next round would send
+        finally:
+            v.sampler.close()
+    finally:
+        net.close()
+    served = [r.meta["cache"] for r in reports] + [meta["cache"]]
+    assert all(c["hit"] and c["uses"] == 1 for c in served) and len({c["id"] for c in served}) == 3  # none replayed
+    assert all(len(r.answers) == 2 and r.label == r.meta["label"] for r in reports)
+    records = [json.loads(x) for x in state_paths(v.cfg)[1].read_text().splitlines()]
+    assert [r["meta"]["cache"] for r in records] == served[:2]
+    image = decode_image(json.loads(body)["image"])  # the pooled PNG goes out as is and is a valid challenge
+    assert image.size == (256, 256) and meta["label"] == label
+    metrics = v.metrics.render()
+    assert re.search(r'^bitmind_validator_cache_rounds_total\{result="hit"\} 2$', metrics, re.M), metrics
+    assert 'result="miss"' not in metrics and re.search(r"^bitmind_validator_cache_items [0-4]$", metrics, re.M)
+    assert re.search(r"^bitmind_validator_cache_take_p95_seconds 0\.\d+", metrics, re.M)
+
+
 def test_sigkill_loses_at_most_the_challenge_in_flight_and_a_restart_resumes(tmp_path, symbols):
     net = Net(tmp_path, ["ok:0.9", "ok:0.1", "random"])
     cfg = net.config()
@@ -173,7 +206,7 @@ def test_sigkill_loses_at_most_the_challenge_in_flight_and_a_restart_resumes(tmp
            "--subtensor.network", f"devnet:{net.db}", "--wallet.name", "vali", "--wallet.path", str(net.wallets),
            "--neuron.state_dir", cfg.neuron.state_dir, "--neuron.challenge_interval", "0.05",
            "--neuron.timeout", "3", "--neuron.epoch_length", "2", "--neuron.min_valid", "1",
-           "--neuron.seed", "5", "--logging.level", "WARNING",
+           "--neuron.seed", "5", "--neuron.cache", "false", "--logging.level", "WARNING",
            "--neuron.metrics_port", str(port), "--wandb.off", "false"]  # W&B asked for but not installed: must not crash
     try:
         proc = subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True)

@@ -7,6 +7,7 @@ miners it last saw and sets weights once the chain is back.
 from __future__ import annotations
 
 import asyncio
+import base64
 import math
 import time
 from dataclasses import dataclass, field
@@ -113,6 +114,17 @@ class Validator:
             rewards[a.uid], metrics[a.uid] = challenge_reward(record.history, a.prediction, label, self.n.min_valid)
         return rewards, metrics
 
+    def _draw_challenge(self) -> tuple[bytes, int, dict]:
+        """(request body, label, meta). A sampler with `sample_encoded` (the challenge cache) hands over the PNG that
+        protocol.encode_image made when the challenge was pooled, so it is neither decoded nor re-encoded here."""
+        if hasattr(self.sampler, "sample_encoded"):
+            png, label, meta = self.sampler.sample_encoded(self.rng)
+            image_b64 = base64.b64encode(png).decode("ascii")
+        else:
+            image, label, meta = self.sampler.sample(self.rng)
+            image_b64 = encode_image(image)
+        return challenge_body(image_b64), int(label), meta
+
     async def challenge(self) -> RoundReport:
         start = time.perf_counter()
         report = RoundReport(step=self.state.step)
@@ -127,9 +139,7 @@ class Validator:
             report.skipped = "no serving miners in the metagraph"
             logger.info(f"challenge skipped: {report.skipped}")
         else:
-            image, label, meta = await asyncio.to_thread(self.sampler.sample, self.rng)
-            body = await asyncio.to_thread(lambda: challenge_body(encode_image(image)))
-            report.label, report.meta = int(label), meta
+            body, report.label, report.meta = await asyncio.to_thread(self._draw_challenge)
             report.answers = await self.client.query_all(targets, body)
             report.rewards, report.metrics = await asyncio.to_thread(self._score, report.answers, report.label)
         update_scores(self.state, report.rewards, self.n.moving_average_alpha, idle=idle)
@@ -169,6 +179,8 @@ class Validator:
             m.last_weights_block.set(self.state.last_weights_block)
         for uid, s in scores.items():
             m.miner_score.set(s, str(uid))
+        if hasattr(self.sampler, "pool_stats"):  # a CachedSampler: was this round served from its pool?
+            m.observe_cache(r.meta["cache"]["hit"], self.sampler.pool_stats())
         if self.wandb is not None:
             self.wandb.log({"label": r.label, "source": r.meta.get("source"), "valid_answers": valid,
                             "answers": len(r.answers), "round_seconds": r.seconds,

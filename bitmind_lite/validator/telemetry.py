@@ -79,6 +79,20 @@ class ValidatorMetrics:
         self.chain_up = Gauge("bitmind_validator_chain_up", "1 when the last chain call succeeded")
         self.last_weights_block = Gauge("bitmind_validator_last_weights_block", "block of the last successful set_weights")
         self.miner_score = Gauge("bitmind_validator_miner_score", "EMA score per miner uid", ("uid",))
+        self.cache_rounds = Counter("bitmind_validator_cache_rounds_total", "challenges by where they came from: "
+                                    "the pool (hit) or sampled in the round because it was empty (miss)", ("result",))
+        self.cache_items = Gauge("bitmind_validator_cache_items", "challenges ready in the pool after the last round")
+        self.cache_bytes = Gauge("bitmind_validator_cache_bytes", "bytes of those challenges")
+        self.cache_take_p95 = Gauge("bitmind_validator_cache_take_p95_seconds",
+                                    "95th percentile of the recent pool takes (lock, manifest read, file read)")
+
+    def observe_cache(self, hit: bool, pool: dict) -> None:
+        """One round served by a CachedSampler; `pool` is its pool_stats()."""
+        self.cache_rounds.inc("hit" if hit else "miss")
+        self.cache_items.set(pool["items"])
+        self.cache_bytes.set(pool["bytes"])
+        if pool["take_ms"]["p95"] is not None:
+            self.cache_take_p95.set(pool["take_ms"]["p95"] / 1e3)
 
     def render(self) -> str:
         return render_metrics([v for v in vars(self).values() if hasattr(v, "samples")])
