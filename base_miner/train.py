@@ -4,12 +4,16 @@
         --batch_size 32 --delr_freq 10 --lr 0.0002 --niter 50
     torchrun --nproc_per_node 2 base_miner/train.py ...          # DDP: gloo on CPU, nccl on CUDA
 
-DATA is the CNNDetection layout: DATA/train/<class>/0_real|1_fake/*.png (and DATA/val/... for validation).
+DATA is the CNNDetection layout: DATA/train/<class>/0_real|1_fake/*.png (and DATA/val/... for validation); any
+dataset from `bitmind-lite data build` is one, with one class folder per generator family.
 Recipe: Adam(lr, betas .9/.999), BCE with logits, lr x0.9 every `--delr_freq` epochs, random 224 crop + flip without
 resizing (small images are tiled), ImageNet normalisation; optional blur/JPEG augmentation for both classes.
+`--balance family` (default) draws every family folder, and within it reals and fakes, equally often per epoch.
 Writes to CHECKPOINTS/NAME/: model_epoch_best.pth and model_epoch_last.pth (plain state_dicts with the reference key
-names, loadable by `create_detector(arch, weights=...)`), train_state.pt (for --resume), history.json, curves.png and
-TensorBoard logs in tb/. `--batch_size` is the global batch, split over DDP processes (see distributed.py).
+names, loadable by `create_detector(arch, weights=...)`, each with a .meta.json saying what made it), train_state.pt
+(for --resume, also mid-epoch), history.json, curves.png and TensorBoard logs in tb/. `--batch_size` is the global
+batch, split over DDP processes (see distributed.py). `--max_steps`/`--max_minutes` stop a run early with a
+resumable state: `--resume` continues it at the same step.
 """
 from __future__ import annotations
 
@@ -28,10 +32,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from base_miner import distributed  # noqa: E402
-from base_miner.data import Augment, EvalDataset, TrainDataset, loader, parse_range, split_samples  # noqa: E402
+from base_miner.data import (Augment, EpochSampler, EvalDataset, TrainDataset, loader, normalize_batch,  # noqa: E402
+                             parse_range, split_families, split_samples)
 from base_miner.metrics import binary_metrics  # noqa: E402
 from bitmind_lite.detectors import create_detector, list_detectors  # noqa: E402
-from bitmind_lite.detectors.base import resolve_device  # noqa: E402
+from bitmind_lite.detectors.base import resolve_device, weights_fingerprint  # noqa: E402
 
 BEST, LAST, STATE = "model_epoch_best.pth", "model_epoch_last.pth", "train_state.pt"
 
@@ -53,8 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blur_prob", type=float, default=0.0, help="probability of Gaussian blur (both classes)")
     p.add_argument("--blur_sig", default="0.0,3.0", help="blur sigma: value or 'low,high'")
     p.add_argument("--jpg_prob", type=float, default=0.0, help="probability of JPEG re-encoding (both classes)")
+    p.add_argument("--jpg_method", default="pil", help="cv2 and/or pil (the reference's names; same libjpeg encode)")
     p.add_argument("--jpg_qual", default="30,100", help="JPEG quality: value or 'low,high'")
-    p.add_argument("--resume", action="store_true", help="continue CHECKPOINTS_DIR/NAME from its last epoch")
+    p.add_argument("--val_levels", default="",
+                   help="also apply the validator's augmentation levels at train time, LEVEL:P,... or 'validator' "
+                        "(off: `bitmind-lite data build` already bakes them into every pair)")
+    p.add_argument("--balance", default="family", choices=("family", "none"),
+                   help="family: every class folder, and its reals and fakes, drawn equally per epoch (default)")
+    p.add_argument("--cache_decoded", action="store_true",
+                   help="decode the training images once and keep them in RAM (uint8; ~200 KB per 256 px image)")
+    p.add_argument("--resume", action="store_true", help="continue CHECKPOINTS_DIR/NAME where it stopped")
+    p.add_argument("--max_steps", type=int, default=0, help="stop after this many optimizer steps in all (0 = none)")
+    p.add_argument("--max_minutes", type=float, default=0, help="stop after this much training time in all (0 = none)")
+    p.add_argument("--save_minutes", type=float, default=10,
+                   help="also save a resumable state mid-epoch this often (0 = after every step)")
     p.add_argument("--val_every", type=int, default=1, help="validate every this many epochs (0 = never)")
     p.add_argument("--crop_size", type=int, default=224, help="training crop (no resize)")
     p.add_argument("--eval_size", type=int, default=256, help="validation input size (the detector's serving size)")
@@ -65,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(p: argparse.ArgumentParser, args) -> None:
     """Bad input is a CLI error with a message, before any work starts."""
-    if args.max_train < 0:
-        p.error("--max_train must be >= 0")
+    for name in ("max_train", "max_steps", "max_minutes", "save_minutes", "val_every"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name} must be >= 0")
     for name in ("batch_size", "delr_freq", "niter", "crop_size", "eval_size"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1")
@@ -74,14 +92,21 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
         p.error("--crop_size and --eval_size must be even (NPR works on 2x2 blocks)")
     if not args.lr > 0:
         p.error("--lr must be > 0")
-    if args.val_every < 0 or (args.workers is not None and args.workers < 0):
-        p.error("--val_every and --workers must be >= 0")
+    if args.workers is not None and args.workers < 0:
+        p.error("--workers must be >= 0")
     for name in ("blur_prob", "jpg_prob"):
         if not 0 <= getattr(args, name) <= 1:
             p.error(f"--{name} must be in [0, 1]")
     try:
         args.blur_sig = parse_range(args.blur_sig)
         args.jpg_qual = parse_range(args.jpg_qual, int)
+        args.jpg_method = [m.strip() for m in args.jpg_method.split(",") if m.strip()]
+        Augment(jpg_method=args.jpg_method)  # validates the method names
+        if args.val_levels:
+            from bitmind_lite.data.augment import DEFAULT_LEVEL_PROBS, parse_level_probs
+
+            args.val_levels = dict(DEFAULT_LEVEL_PROBS) if args.val_levels == "validator" else \
+                parse_level_probs(args.val_levels)
     except ValueError as e:
         p.error(str(e))
     if not 1 <= args.jpg_qual[0] <= args.jpg_qual[1] <= 100:
@@ -102,7 +127,7 @@ def evaluate(model, detector, samples, batch_size: int, workers: int, device) ->
     ys, ps = [], []
     with torch.inference_mode():
         for x, y in loader(EvalDataset(samples, detector.preprocess), batch_size, workers):
-            ps.append(torch.sigmoid(model(x.to(device)).float()).cpu())
+            ps.append(torch.sigmoid(model(x.to(device).contiguous(memory_format=torch.channels_last)).float()).cpu())
             ys.append(y)
     model.train()
     return binary_metrics(torch.cat(ys).numpy(), torch.cat(ps).numpy())
@@ -112,6 +137,14 @@ def save_atomic(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def save_weights(weights: dict, path: Path, meta: dict) -> None:
+    """The checkpoint plus `<name>.meta.json` (what made it, stamped with its fingerprint: test.py shows it)."""
+    save_atomic(weights, path)
+    side = path.with_suffix(".meta.json")
+    side.with_name(side.name + ".tmp").write_text(json.dumps({"weights": weights_fingerprint(path), **meta}, indent=1))
+    os.replace(side.with_name(side.name + ".tmp"), side)
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
@@ -143,6 +176,35 @@ def val_score(m: dict) -> tuple:
     return float(bal), float(m["ap"] or 0.0)
 
 
+def training_samples(args) -> tuple[list, list[str]]:
+    """(samples, family folder of each): the train split, restricted to --classes, subsampled by --max_train."""
+    by_family = split_families(args.dataroot, "train", args.classes)
+    samples = [s for ss in by_family.values() for s in ss]
+    families = [f for f, ss in by_family.items() for _ in ss]
+    if 0 < args.max_train < len(samples):
+        keep = sorted(np.random.default_rng(args.seed).choice(len(samples), args.max_train, replace=False))
+        samples, families = [samples[i] for i in keep], [families[i] for i in keep]
+    return samples, families
+
+
+def load_state(out: Path, args) -> dict:
+    if not (out / STATE).is_file():
+        raise FileNotFoundError(f"--resume: no {out / STATE} (train once without --resume first)")
+    state = torch.load(out / STATE, map_location="cpu", weights_only=False)
+    if state["arch"] != args.arch:
+        raise ValueError(f"--resume: {out} was trained as --arch {state['arch']}, not {args.arch}")
+    return state
+
+
+def train_state(args, net, optimizer, *, epoch: int, step: int, steps_per_epoch: int, sums: list, history: list,
+                best, seconds: float) -> dict:
+    """Everything --resume needs: at an epoch end (step 0) or mid-epoch (the epoch's step and running sums)."""
+    weights = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    return {"arch": args.arch, "model": weights, "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
+            "steps_per_epoch": steps_per_epoch, "sums": sums, "history": history, "best": best,
+            "train_seconds": seconds, "args": vars(args)}
+
+
 def train(args) -> int:
     device = resolve_device(args.device)
     ctx = distributed.init(device.type)
@@ -152,12 +214,17 @@ def train(args) -> int:
         raise ValueError(f"--batch_size {args.batch_size} must be divisible by the {ctx.world} processes")
     workers = args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)
     out = Path(args.checkpoints_dir) / args.name
-    train_samples = split_samples(args.dataroot, "train", args.classes)
-    if 0 < args.max_train < len(train_samples):
-        keep = np.random.default_rng(args.seed).choice(len(train_samples), args.max_train, replace=False)
-        train_samples = [train_samples[i] for i in sorted(keep)]
+    train_samples, train_families = training_samples(args)
     val_dir = Path(args.dataroot) / "val"
     val_samples = split_samples(args.dataroot, "val", args.classes) if val_dir.is_dir() and args.val_every else []
+    per_rank = args.batch_size // ctx.world
+    sampler = EpochSampler(train_families, [label for _, label in train_samples], args.balance, args.seed,
+                           ctx.world, ctx.rank)
+    steps_per_epoch = -(-len(sampler) // per_rank)
+    state = load_state(out, args) if args.resume else {}
+    if state.get("step") and state["steps_per_epoch"] != steps_per_epoch:
+        raise ValueError(f"--resume: {out} stopped mid-epoch with {state['steps_per_epoch']} steps per epoch, now "
+                         f"{steps_per_epoch} (dataset, --max_train or --batch_size changed); resume with the same ones")
 
     torch.manual_seed(args.seed)  # identical initial weights on every rank (DDP also broadcasts them)
     detector = create_detector(args.arch, device=device, pretrained=False, input_size=args.eval_size)
@@ -166,24 +233,18 @@ def train(args) -> int:
     # the freshly initialised network, built by the registry; NHWC is faster for oneDNN and cuDNN convolutions
     net = detector.model.train().to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(net.parameters(), lr=args.lr, betas=(0.9, 0.999))
-    start_epoch, history, best = 0, [], None
-    if args.resume:
-        if not (out / STATE).is_file():
-            raise FileNotFoundError(f"--resume: no {out / STATE} (train once without --resume first)")
-        state = torch.load(out / STATE, map_location="cpu", weights_only=False)
-        if state["arch"] != args.arch:
-            raise ValueError(f"--resume: {out} was trained as --arch {state['arch']}, not {args.arch}")
+    if state:
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        start_epoch, history, best = state["epoch"], state["history"], state["best"]
+    start_epoch, start_step = state.get("epoch", 0), state.get("step", 0)
+    history, best = [h for h in state.get("history", []) if not h.get("partial")], state.get("best")
+    sums = state.get("sums", [0.0, 0.0, 0.0, 0.0])  # loss * n, correct, n, seconds of the current epoch so far
+    spent = state.get("train_seconds", 0.0)  # training time of earlier runs (the --max_minutes budget)
     model = distributed.wrap(net, ctx, device)
 
-    dataset = TrainDataset(train_samples, Augment(args.crop_size, args.blur_prob, args.blur_sig, args.jpg_prob,
-                                                  args.jpg_qual), seed=args.seed)
-    # the same sampler for 1 or N processes: N ranks take interleaved slices of one seeded permutation, so their
-    # per-rank batches together are exactly the 1-process batch
-    sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=ctx.world, rank=ctx.rank, shuffle=True,
-                                                  seed=args.seed)
+    augment = Augment(args.crop_size, args.blur_prob, args.blur_sig, args.jpg_prob, args.jpg_qual, args.jpg_method,
+                      level_probs=args.val_levels or None)
+    dataset = TrainDataset(train_samples, augment, seed=args.seed, cache=args.cache_decoded, progress=ctx.main)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     writer = None
     if ctx.main:
@@ -192,38 +253,61 @@ def train(args) -> int:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tb"))
-        print(f"[{args.arch}] {len(train_samples)} train / {len(val_samples)} val images, {ctx.world} process(es), "
-              f"device {device}, epochs {start_epoch}..{args.niter - 1}", flush=True)
-    steps_per_epoch = -(-len(sampler) // (args.batch_size // ctx.world))
+        counts = {f: train_families.count(f) for f in dict.fromkeys(train_families)}
+        cache = f", {dataset.images.nbytes / 2**20:.1f} MiB decoded in RAM" if args.cache_decoded else ""
+        print(f"[{args.arch}] {len(train_samples)} train images {counts} / {len(val_samples)} val, balance "
+              f"{args.balance}, {ctx.world} process(es), device {device}{cache}, {args.niter} epoch(s) x "
+              f"{steps_per_epoch} steps from epoch {start_epoch + 1} step {start_step}", flush=True)
+    meta = {"arch": args.arch, "name": args.name, "dataroot": str(args.dataroot), "seed": args.seed,
+            "train_classes": list(dict.fromkeys(train_families)), "n_train": len(train_samples)}
     from tqdm import tqdm
 
+    t_run, last_save, stop = time.time(), time.time(), False
     for epoch in range(start_epoch, args.niter):
-        t0 = time.time()
+        if (args.max_steps and epoch * steps_per_epoch + start_step >= args.max_steps) or \
+                (args.max_minutes and spent >= 60 * args.max_minutes):
+            break  # resumed with the budget already spent
+        t0 = time.time() - sums[3]
         for group in optimizer.param_groups:
             group["lr"] = lr_at(args, epoch)
-        sampler.set_epoch(epoch)
+        sampler.set_epoch(epoch, start=start_step * per_rank)
         dataset.set_epoch(epoch)
-        sums = [0.0, 0.0, 0.0]  # loss * n, correct, n
-        batches = loader(dataset, args.batch_size // ctx.world, workers, sampler)
-        for i, (x, y) in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}/{args.niter}", disable=not ctx.main,
-                                        leave=False)):
-            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        step = start_step
+        batches = loader(dataset, per_rank, workers, sampler, pin_memory=device.type == "cuda")
+        for x, y in tqdm(batches, desc=f"epoch {epoch + 1}/{args.niter}", disable=not ctx.main, leave=False,
+                         initial=step, total=steps_per_epoch):
+            x = normalize_batch(x.to(device, non_blocking=True))
             y = y.to(device, non_blocking=True)
             logits = model(x)
             loss = loss_fn(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            global_step = epoch * steps_per_epoch + step
+            over = (args.max_steps and global_step + 1 >= args.max_steps) or \
+                (args.max_minutes and spent + time.time() - t_run >= 60 * args.max_minutes)
             n = float(y.numel())
-            step = distributed.all_sum(ctx, [loss.item() * n, float(((logits > 0).float() == y).sum()), n])
-            sums = [a + b for a, b in zip(sums, step)]
+            reduced = distributed.all_sum(ctx, [loss.item() * n, float(((logits > 0).float() == y).sum()), n,
+                                                float(bool(over))])  # every rank stops at the same step
+            sums = [a + b for a, b in zip(sums, reduced[:3])] + [sums[3]]
+            step, stop = step + 1, reduced[3] > 0
             if writer is not None:
-                writer.add_scalar("train/loss", step[0] / step[2], epoch * steps_per_epoch + i)
-        record = {"epoch": epoch, "lr": lr_at(args, epoch), "train_loss": sums[0] / sums[2],
+                writer.add_scalar("train/loss", reduced[0] / reduced[2], global_step)
+            if ctx.main and not stop and step < steps_per_epoch and time.time() - last_save >= 60 * args.save_minutes:
+                save_atomic(train_state(args, net, optimizer, epoch=epoch, step=step, steps_per_epoch=steps_per_epoch,
+                                        sums=sums[:3] + [time.time() - t0], history=history, best=best,
+                                        seconds=spent + time.time() - t_run), out / STATE)
+                last_save = time.time()
+            if stop:
+                break
+        finished = step >= steps_per_epoch
+        record = {"epoch": epoch, "steps": step, "lr": lr_at(args, epoch), "train_loss": sums[0] / sums[2],
                   "train_acc": sums[1] / sums[2], "seconds": round(time.time() - t0, 2), "val": None}
-        last_epoch = epoch == args.niter - 1
+        if not finished:
+            record["partial"] = True  # stopped by --max_steps/--max_minutes: replaced when a resume finishes it
         if ctx.main:
-            if val_samples and ((epoch + 1) % args.val_every == 0 or last_epoch):
+            due = (epoch + 1) % max(args.val_every, 1) == 0 or epoch == args.niter - 1 or not finished
+            if val_samples and due:
                 record["val"] = evaluate(net, detector, val_samples, args.batch_size, workers, device)
                 for k in ("acc", "ap", "r_acc", "f_acc"):
                     if record["val"][k] is not None:
@@ -233,25 +317,35 @@ def train(args) -> int:
             writer.add_scalar("train/lr", record["lr"], epoch)
             history.append(record)
             weights = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-            save_atomic(weights, out / LAST)
+            info = {**meta, "epoch": epoch, "step": epoch * steps_per_epoch + step, "partial": not finished,
+                    "val": record["val"]}
+            save_weights(weights, out / LAST, info)
             score = val_score(record["val"]) if record["val"] else None
             if best is None or best["score"] is None or (score is not None and score > tuple(best["score"])):
-                best = {"epoch": epoch, "score": score}  # without validation, best follows last
-                save_atomic(weights, out / BEST)
-            save_atomic({"arch": args.arch, "model": weights, "optimizer": optimizer.state_dict(),
-                         "epoch": epoch + 1, "history": history, "best": best, "args": vars(args)}, out / STATE)
-            (out / "history.json").write_text(json.dumps({"arch": args.arch, "best": best, "history": history},
-                                                         indent=2))
+                best = {"epoch": epoch, "step": info["step"], "score": score}  # without validation, best = last
+                save_weights(weights, out / BEST, info)
+            save_atomic(train_state(args, net, optimizer, epoch=epoch + 1 if finished else epoch,
+                                    step=0 if finished else step, steps_per_epoch=steps_per_epoch,
+                                    sums=[0.0] * 4 if finished else sums[:3] + [time.time() - t0], history=history,
+                                    best=best, seconds=spent + time.time() - t_run), out / STATE)
+            last_save = time.time()
+            (out / "history.json").write_text(json.dumps({"arch": args.arch, "best": best, "history": history,
+                                                          "steps_per_epoch": steps_per_epoch}, indent=2))
             plot_curves(history, out / "curves.png")
             val_txt = (f" val acc {record['val']['acc']:.3f} ap {record['val']['ap'] or 0:.3f} "
                        f"real {record['val']['r_acc'] or 0:.3f} fake {record['val']['f_acc'] or 0:.3f}"
                        if record["val"] else "")
-            print(f"epoch {epoch + 1}/{args.niter} loss {record['train_loss']:.4f} acc {record['train_acc']:.3f} "
-                  f"lr {record['lr']:.2e} {record['seconds']:.0f}s{val_txt}", flush=True)
+            print(f"epoch {epoch + 1}/{args.niter} {'stopped at step ' + str(step) + ' ' if not finished else ''}"
+                  f"loss {record['train_loss']:.4f} acc {record['train_acc']:.3f} lr {record['lr']:.2e} "
+                  f"{record['seconds']:.0f}s{val_txt}", flush=True)
         distributed.barrier(ctx)
+        sums, start_step = [0.0, 0.0, 0.0, 0.0], 0
+        if stop:
+            break
     if writer is not None:
         writer.close()
-        print(f"saved {out / BEST} (epoch {best['epoch'] + 1}) and {out / LAST}", flush=True)
+        if best is not None:
+            print(f"saved {out / BEST} (epoch {best['epoch'] + 1}) and {out / LAST}", flush=True)
     distributed.shutdown(ctx)
     return 0
 
