@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache_decoded", action="store_true",
                    help="decode the training images once and keep them in RAM (uint8; ~200 KB per 256 px image)")
     p.add_argument("--resume", action="store_true", help="continue CHECKPOINTS_DIR/NAME where it stopped")
+    p.add_argument("--init", default=None,
+                   help="start from these weights (a checkpoint of the same --arch, e.g. weights/npr.pth) instead of "
+                        "a fresh initialisation: fine-tuning; the optimizer and the epoch count start fresh")
     p.add_argument("--max_steps", type=int, default=0, help="stop after this many optimizer steps in all (0 = none)")
     p.add_argument("--max_minutes", type=float, default=0, help="stop after this much training time in all (0 = none)")
     p.add_argument("--save_minutes", type=float, default=10,
@@ -236,6 +239,11 @@ def train(args) -> int:
     if state:
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+    elif args.init:
+        from bitmind_lite.detectors.base import load_state_dict
+
+        net.load_state_dict(load_state_dict(args.init), strict=True)  # a wrong --arch or a bad file fails here
+        print(f"initialised from {args.init}")
     start_epoch, start_step = state.get("epoch", 0), state.get("step", 0)
     history, best = [h for h in state.get("history", []) if not h.get("partial")], state.get("best")
     sums = state.get("sums", [0.0, 0.0, 0.0, 0.0])  # loss * n, correct, n, seconds of the current epoch so far

@@ -33,3 +33,24 @@ if ! command -v pm2 >/dev/null 2>&1; then
     echo "note: npm not found, so pm2 is not installed (only needed to run nodes under pm2)" >&2
   fi
 fi
+
+# Debian wallpaper packages that carry photographs for the `bundled` real pool (`bundled:debian`, 25 photos; see
+# bitmind_lite/data/debian_photos.json). Only files under /usr/share/backgrounds are read. ukui-wallpapers and
+# sway-backgrounds hold no photographs, so they are not installed.
+DEB_PHOTO_PACKAGES="mate-backgrounds lomiri-wallpapers-16.04 lomiri-wallpapers-20.04"
+deb_missing=""
+for pkg in $DEB_PHOTO_PACKAGES; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || deb_missing="$deb_missing $pkg"
+done
+if [ -n "$deb_missing" ]; then
+  if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] || sudo -n true 2>/dev/null; }; then
+    as_root=""; [ "$(id -u)" = 0 ] || as_root="sudo -n"
+    # shellcheck disable=SC2086
+    $as_root apt-get install -y -q --no-install-recommends $deb_missing >/dev/null 2>&1 \
+      || { $as_root apt-get update -q >/dev/null 2>&1 && $as_root apt-get install -y -q --no-install-recommends $deb_missing >/dev/null 2>&1; } \
+      || echo "warning: could not apt-get install$deb_missing; the bundled pool will lack their photos" >&2
+  else
+    echo "note: not root (and no passwordless sudo) or no apt-get, so the Debian photo packages are not installed;" \
+         "the bundled pool lacks their photos. As root: apt-get install -y --no-install-recommends$deb_missing" >&2
+  fi
+fi

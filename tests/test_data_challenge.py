@@ -93,3 +93,25 @@ def test_cli_sample_writes_images(tmp_path):
     for line in lines:
         rec = json.loads(line)
         assert Image.open(tmp_path / rec["file"]).size == (64, 64)
+
+
+def test_near_duplicates_of_recent_challenges_are_redrawn(tmp_path):
+    from bitmind_lite.data.challenge import DEDUP_REDRAWS
+    from bitmind_lite.data.phash import hamming, phash
+
+    yy, xx = np.mgrid[0:72, 0:72] / 72.0  # smooth content: a few pixels of shift leave the pHash unchanged
+    pixels = np.stack([np.sin(3 * xx + 1) * 0.5 + 0.5, yy, np.cos(2 * xx * yy) * 0.5 + 0.5], -1)
+    Image.fromarray((pixels * 255).astype(np.uint8)).save(tmp_path / "only.png")  # one small photo: repeats galore
+    tiny = ChallengeSampler(real=f"dir:{tmp_path}", fake="procedural", size=48, level_probs="0:1", seed=0)
+    metas = [tiny.sample()[2] for _ in range(6)]
+    assert metas[0]["dedup_redraws"] == 0
+    assert any(m["dedup_redraws"] > 0 for m in metas[1:])  # it noticed and tried again
+    assert all(0 <= m["dedup_redraws"] <= DEDUP_REDRAWS for m in metas)
+    plain = ChallengeSampler(real=f"dir:{tmp_path}", fake="procedural", size=48, level_probs="0:1", seed=0,
+                             dedup=False)
+    assert all(plain.sample()[2]["dedup_redraws"] == 0 for _ in range(3))
+    # on the bundled pool, served images that needed no forced repeat are all perceptually distinct
+    sampler = ChallengeSampler(size=64, fake="procedural", seed=1)
+    served = [sampler.sample() for _ in range(20)]
+    hashes = [phash(img) for img, _, m in served if m["dedup_redraws"] < DEDUP_REDRAWS]
+    assert min(hamming(a, b) for i, a in enumerate(hashes) for b in hashes[i + 1:]) > sampler.recent.threshold

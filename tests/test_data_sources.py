@@ -1,7 +1,10 @@
-"""Real photo sources: bundled (offline, >= 30 photos, licences), dir:PATH, hf:DATASET[:SPLIT], bad specs."""
+"""Real photo sources: bundled (offline, >= 30 photos, licences; PyPI + Debian parts), dir:PATH,
+hf:DATASET[:SPLIT], bad specs."""
+import hashlib
 import json
 import socket
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,9 +70,68 @@ def test_bundled_names_missing_packages(monkeypatch):
         real.BundledSource(min_photos=40)
 
 
+def _deb_installed(package: str) -> bool:
+    return Path(f"/var/lib/dpkg/info/{package}.list").exists()
+
+
 def test_bundled_manifest_points_at_installed_files():
-    missing = [e["id"] for e in bundled_manifest()["photos"] if locate_bundled(e) is None]
+    # PyPI photo packages are always installed (setup/install.sh); Debian ones only where apt could run
+    expected = [e for e in bundled_manifest()["photos"] if e["kind"] == "pypi" or _deb_installed(e["package"])]
+    missing = [e["id"] for e in expected if locate_bundled(e) is None]
     assert not missing, f"manifest entries with no installed file: {missing}"
+
+
+def test_debian_photos_are_recorded_with_origin_and_licence():
+    debian = [e for e in bundled_manifest()["photos"] if e["kind"] == "debian"]
+    assert len(debian) >= 20 and len({e["id"] for e in debian}) == len(debian)
+    for e in debian:
+        assert e["package"] and e["version"] and e["path"].startswith("/usr/share/backgrounds/")
+        assert "photo ©" in e["origin"] and e["licence"].split()[0] in ("GPL-2+", "CC-BY-4.0", "CC-BY-SA-4.0",
+                                                                          "CC-BY-SA-3.0", "CC0-1.0")
+        if _deb_installed(e["package"]):  # the installed file is the very one that was reviewed
+            assert hashlib.sha256(Path(e["path"]).read_bytes()).hexdigest() == e["sha256"], e["id"]
+
+
+def test_bundled_is_pypi_plus_debian():
+    full, pypi, debian = (open_real_source(s) for s in ("bundled", "bundled:pypi", "bundled:debian"))
+    assert set(full.ids()) == set(pypi.ids()) | set(debian.ids()) and not set(pypi.ids()) & set(debian.ids())
+    assert len(pypi) >= 30 and [s.describe()["spec"] for s in (full, pypi, debian)] == \
+        ["bundled", "bundled:pypi", "bundled:debian"]
+    assert all(s.describe()["public"] for s in (full, pypi, debian))
+    with pytest.raises(SourceError, match="bundled:nope.*bundled:pypi"):
+        open_real_source("bundled:nope")
+    if len(debian):  # big wallpapers: the sampler crops them, never resizes
+        img, meta = debian.sample(np.random.default_rng(0), 256)
+        _check(img, 256)
+        assert debian.photo(meta["photo"]).image.width >= 1280
+
+
+def test_missing_debian_packages_are_named_with_apt(monkeypatch, tmp_path):
+    from bitmind_lite.data import real
+
+    monkeypatch.setattr(real, "DEBIAN_ROOT", tmp_path)  # a machine without the wallpaper packages
+    src = real.BundledSource()
+    assert "mate-backgrounds" in src.missing and not any(i.startswith(("mate/", "lomiri/")) for i in src.ids())
+    assert "apt-get install" in src.install and "mate-backgrounds" in src.install
+    with pytest.raises(SourceError, match="apt-get install.*mate-backgrounds"):
+        real.BundledSource(subset="debian")
+    # a file of another package version (different size) counts as missing too
+    entry = next(e for e in bundled_manifest()["photos"] if e["kind"] == "debian")
+    fake = tmp_path / entry["path"].lstrip("/")
+    fake.parent.mkdir(parents=True)
+    fake.write_bytes(b"x" * 10)
+    assert real.locate_bundled(entry) is None
+
+
+def test_photo_cache_is_bounded_in_bytes(tmp_path):
+    rng = np.random.default_rng(4)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (200, 300, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    src = open_real_source(f"dir:{tmp_path}")
+    src._cache_bytes = 2 * 200 * 300 * 3  # room for two decoded photos
+    for pid in src.ids():
+        assert src.photo(pid) is not None
+    assert len(src._cache) == 2 and src._cached_bytes == 2 * 200 * 300 * 3
 
 
 def test_dir_source_walks_tree_and_skips_unreadable(tmp_path, caplog):
@@ -161,3 +223,14 @@ def test_cli_sources_lists_pool(capsys):
     assert main(["data", "sources", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert sum(r["status"] == "ok" for r in rows) >= 30
+
+
+def test_flat_crops_are_redrawn(tmp_path):
+    from bitmind_lite.data.real import is_flat
+
+    rng = np.random.default_rng(5)
+    Image.new("RGB", (400, 400), (0, 0, 0)).save(tmp_path / "black.png")  # a backdrop with nothing to judge
+    Image.fromarray(rng.integers(0, 255, (400, 400, 3), dtype=np.uint8)).save(tmp_path / "texture.png")
+    src = open_real_source(f"dir:{tmp_path}")
+    assert is_flat(src.photo("black.png").image) and not is_flat(src.photo("texture.png").image)
+    assert all(src.sample(rng, 128)[1]["photo"] == "texture.png" for _ in range(20))

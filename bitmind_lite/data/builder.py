@@ -31,7 +31,7 @@ from PIL import Image
 from bitmind_lite import __version__
 from bitmind_lite.data.augment import (DEFAULT_LEVEL_PROBS, LEVELS, apply, parse_level_probs, sample_level, sample_params,
                                        window_side)
-from bitmind_lite.data.photo import SourceError, ensure_min_size, random_box
+from bitmind_lite.data.photo import SourceError, content_box, ensure_min_size
 from bitmind_lite.data.sources import open_fake_source, open_real_source, route_options
 
 SPLITS = ("train", "val", "test")
@@ -167,7 +167,7 @@ class Builder:
         rng = np.random.default_rng([self.cfg.seed, SPLITS.index(item.split), _stable(item.cls), item.index])
         real, photo = self._photo_for(item)
         canvas = ensure_min_size(photo.image, self.side)
-        box = random_box(rng, canvas.size, self.side)
+        box = content_box(rng, canvas, self.side)
         real_img, fake_img, gen = canvas.crop(box), None, None
         if item.cls != HOLDOUT_CLASS:
             fake_img, gen = self.family_source[item.cls].make(photo, box, rng, family=item.cls)

@@ -14,9 +14,13 @@ import numpy as np
 from PIL import Image
 
 from bitmind_lite.data.augment import DEFAULT_LEVEL_PROBS, augment, parse_level_probs, window_side
-from bitmind_lite.data.photo import SourceError, ensure_min_size, random_box
+from bitmind_lite.data.phash import RecentHashes
+from bitmind_lite.data.photo import SourceError, content_box, ensure_min_size
 from bitmind_lite.data.real import RealSource
 from bitmind_lite.data.sources import open_fake_source, open_real_source
+
+
+DEDUP_REDRAWS = 5  # bounded: a tiny pool may have nothing new to offer, then the last draw is served anyway
 
 
 def _as_list(x) -> list:
@@ -28,7 +32,7 @@ class ChallengeSampler:
 
     def __init__(self, real="bundled", fake="procedural", fake_prob: float = 0.5, size: int = 256,
                  level_probs: dict[int, float] | str | None = None, seed: int | None = None,
-                 fake_options: dict | None = None):
+                 fake_options: dict | None = None, dedup: bool = True):
         if not 0.0 <= float(fake_prob) <= 1.0:
             raise ValueError(f"fake_prob must be in [0, 1], got {fake_prob}")
         if int(size) < 32 or int(size) % 2:
@@ -43,6 +47,9 @@ class ChallengeSampler:
         if not self.reals or not self.fakes:
             raise SourceError("a challenge sampler needs at least one real and one fake source")
         self.rng = np.random.default_rng(seed)
+        # perceptual-hash memory of served images: a near-duplicate (same window, flipped, re-compressed ...) of a
+        # recent challenge is redrawn, so a miner cannot answer from its memory of earlier rounds
+        self.recent = RecentHashes() if dedup else None
         self._last: tuple | None = None  # (real spec, photo id, box) of the previous challenge
         self._lock = threading.Lock()
 
@@ -58,7 +65,7 @@ class ChallengeSampler:
         for _ in range(20):  # bounded; a repeat needs the same photo AND the same box, rare after one retry
             photo = real.pick(rng, avoid=last_photo)
             canvas = ensure_min_size(photo.image, side)
-            box = random_box(rng, canvas.size, side)
+            box = content_box(rng, canvas, side)
             if (real.spec, photo.id, box) != self._last:
                 break
         self._last = (real.spec, photo.id, box)
@@ -67,17 +74,25 @@ class ChallengeSampler:
     def sample(self, rng: np.random.Generator | None = None) -> tuple[Image.Image, int, dict]:
         rng = self.rng if rng is None else rng
         with self._lock:
-            label = int(rng.random() < self.fake_prob)
-            real, photo, window, box = self._window(rng)
-            meta = {"label": label, "real_source": real.spec, "photo": photo.id, "window": list(box),
-                    "photo_origin": photo.info.get("origin"), "photo_licence": photo.info.get("licence")}
-            if label:
-                fake = self.fakes[int(rng.integers(len(self.fakes)))]
-                window, params = fake.make(photo, box, rng)
-                meta.update(source=fake.spec, family=params["family"], generator_params=params)
-            else:
-                meta.update(source=real.spec, family="real", generator_params=None)
-            image, meta["augmentation"] = augment(window, rng, self.size, self.level_probs)
+            for redraws in range(DEDUP_REDRAWS + 1):
+                image, label, meta = self._draw(rng)
+                if self.recent is None or self.recent.admit(image) or redraws == DEDUP_REDRAWS:
+                    break
+            meta["dedup_redraws"] = redraws
+        return image, label, meta
+
+    def _draw(self, rng: np.random.Generator) -> tuple[Image.Image, int, dict]:
+        label = int(rng.random() < self.fake_prob)
+        real, photo, window, box = self._window(rng)
+        meta = {"label": label, "real_source": real.spec, "photo": photo.id, "window": list(box),
+                "photo_origin": photo.info.get("origin"), "photo_licence": photo.info.get("licence")}
+        if label:
+            fake = self.fakes[int(rng.integers(len(self.fakes)))]
+            window, params = fake.make(photo, box, rng)
+            meta.update(source=fake.spec, family=params["family"], generator_params=params)
+        else:
+            meta.update(source=real.spec, family="real", generator_params=None)
+        image, meta["augmentation"] = augment(window, rng, self.size, self.level_probs)
         return image, label, meta
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ import torch
 from PIL import Image, JpegImagePlugin
 
 JPEG_MCU = 16  # 4:2:0 JPEG codes 16x16 macro-blocks: align re-encoding to this grid
+MIN_CROP_STD, FLAT_RETRIES = 2.0, 10  # grey-level std below which a crop is flat; redraws before giving up
 
 
 class SourceError(ValueError):
@@ -87,6 +88,23 @@ def random_box(rng: np.random.Generator, size: tuple[int, int], side: int) -> tu
     x = 2 * int(rng.integers(0, (w - side) // 2 + 1))
     y = 2 * int(rng.integers(0, (h - side) // 2 + 1))
     return (x, y, x + side, y + side)
+
+
+def is_flat(img: Image.Image) -> bool:
+    """A crop with almost no content (a white product backdrop, a grey sky). It shows nothing to judge, and its
+    fake twin is pixel-identical, so samplers and the dataset builder draw again."""
+    return float(np.asarray(img.convert("L"), dtype=np.float32).std()) < MIN_CROP_STD
+
+
+def content_box(rng: np.random.Generator, canvas: Image.Image, side: int) -> tuple[int, int, int, int]:
+    """random_box, redrawn (a bounded number of times) while the crop is flat. The first draw is random_box's own,
+    so windows that were fine before stay exactly the same."""
+    box = random_box(rng, canvas.size, side)
+    for _ in range(FLAT_RETRIES):
+        if not is_flat(canvas.crop(box)):
+            break
+        box = random_box(rng, canvas.size, side)
+    return box
 
 
 def random_window(photo: Photo, rng: np.random.Generator, side: int) -> tuple[Image.Image, tuple[int, int, int, int]]:

