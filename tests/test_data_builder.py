@@ -149,3 +149,34 @@ def test_cli_bad_input_is_a_clear_error(tmp_path, capsys, argv, match):
     rc = main(["data", "build", "--out", str(tmp_path / "e"), "--train", "2", "--val", "1", "--quiet"] + argv)
     assert rc == 2
     assert match in capsys.readouterr().err
+
+
+def _work_or_die(item):
+    """Runs in a builder worker (module level, so spawn can pickle it): the first worker to reach a train item 1 kills
+    itself, once (the marker file says it happened)."""
+    import os
+    import signal
+
+    from bitmind_lite.data.builder import _work
+
+    marker = Path(os.environ["BITMIND_TEST_KILL_MARKER"])
+    if item.split == "train" and item.index == 1 and not marker.exists():
+        marker.write_text("x")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _work(item)
+
+
+def test_a_killed_worker_is_a_clear_error_and_the_build_resumes(tmp_path, monkeypatch):
+    """The OOM killer taking a builder worker must not hang the build: it stops with a message, keeps what it
+    wrote, and the same command finishes it."""
+    from bitmind_lite.data import builder as b
+
+    cfg = BuildConfig(out=str(tmp_path / "k"), **SMALL)
+    monkeypatch.setenv("BITMIND_TEST_KILL_MARKER", str(tmp_path / "killed-once"))
+    monkeypatch.setattr(b, "_work", _work_or_die)
+    with pytest.raises(RuntimeError, match="run the same command again"):
+        build_dataset(cfg, progress=False, workers=2)
+    assert (tmp_path / "killed-once").exists()
+    monkeypatch.undo()
+    manifest = build_dataset(cfg, progress=False, workers=2)
+    assert sum(manifest["counts"].values()) == 2 * (10 + 5) + 2 * 2 * len(manifest["classes"]["test"]) - 2

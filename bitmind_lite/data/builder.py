@@ -21,6 +21,8 @@ import multiprocessing
 import os
 import shutil
 import zlib
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -305,8 +307,13 @@ def _run(builder: Builder, todo: list[Item], workers: int) -> Iterator[dict]:
             yield builder.save(item)
         return
     ctx = multiprocessing.get_context("spawn")  # fork after torch/loguru threads exist is unsafe
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(builder.cfg,)) as pool:
-        yield from pool.imap_unordered(_work, todo, chunksize=4)
+    # an executor, not a Pool: a worker killed from outside (OOM killer) raises BrokenProcessPool here instead of
+    # hanging the build for ever; what was written so far is kept and the same command resumes
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(builder.cfg,)) as pool:
+        try:
+            yield from pool.map(_work, todo, chunksize=4)
+        except BrokenProcessPool as e:
+            raise RuntimeError(f"a builder worker died ({e}); run the same command again to resume") from None
 
 
 def build_dataset(cfg: BuildConfig, progress: bool = True, overwrite: bool = False, workers: int = 1) -> dict:
