@@ -37,7 +37,7 @@ fi
 # Debian wallpaper packages that carry photographs for the `bundled` real pool (`bundled:debian`, 25 photos; see
 # bitmind_lite/data/debian_photos.json). Only files under /usr/share/backgrounds are read. ukui-wallpapers and
 # sway-backgrounds hold no photographs, so they are not installed.
-DEB_PHOTO_PACKAGES="mate-backgrounds lomiri-wallpapers-16.04 lomiri-wallpapers-20.04"
+DEB_PHOTO_PACKAGES="mate-backgrounds lomiri-wallpapers"  # lomiri-wallpapers pulls its -16.04 and -20.04 parts
 deb_missing=""
 for pkg in $DEB_PHOTO_PACKAGES; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || deb_missing="$deb_missing $pkg"
