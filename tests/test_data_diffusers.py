@@ -13,7 +13,8 @@ pytest.importorskip("transformers")
 
 from bitmind_lite.data import ChallengeSampler, SourceError, open_fake_source, open_real_source  # noqa: E402
 from bitmind_lite.data.builder import BuildConfig, build_dataset  # noqa: E402
-from bitmind_lite.data.diffusers_source import DiffusersSource, build_tiny_sd_pipeline  # noqa: E402
+from bitmind_lite.data.diffusers_source import DiffusersSource  # noqa: E402
+from bitmind_lite.data.tiny_pipelines import build_tiny_sd_pipeline  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
