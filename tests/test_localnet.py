@@ -27,7 +27,7 @@ def _listening(port: int) -> bool:
 
 def test_localnet_scores_miners_and_sets_weights_on_chain(tmp_path):
     out = tmp_path / "leaderboard.json"
-    rounds = 15
+    rounds = 40  # 15 let the random miner out-earn NPR about one run in seven (binomial luck); 40: under 1 %
     r = subprocess.run([*_cli(), "localnet", "--miners", "3", "--rounds", str(rounds), "--interval", "0.5",
                         "--dir", str(tmp_path / "net"), "--json", str(out), "--seed", "1",
                         # the families the bundled v1 weights were trained on: this checks the plumbing and that a
