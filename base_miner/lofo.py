@@ -20,6 +20,15 @@ Results: OUT/lofo.json (every cell, every metric, the commands) and OUT/lofo.md 
 AP, AUC, MCC, Brier, reward on F; the share of unseen real photos called real; Acc on F after JPEG re-encoding).
 Resumable: a (family, arch) cell with a result for the same settings is skipped, datasets resume or are reused by
 the builder, and an interrupted training continues from its last state (train.py --resume).
+
+Reusing built datasets (no builds: pretrained generators cost about a second per image on a CPU):
+
+    python -m base_miner.lofo --dataset DATA [--test-dataset HOUSE] --arch npr,npr_raw --out runs/lofo --minutes 4
+
+leaves F out of DATA's train/ and val/ with train.py --classes (and every semisynthetic family whose inner
+generator is of F's kind, since its regions may come from F); F's test images come from whichever dataset's test/
+holds them. Families in a --test-dataset that DATA never trains on share one run per arch, trained on all of DATA
+(runs/all-of-DATA): they are left out by construction. Both datasets must cut the same test photos (checked).
 """
 from __future__ import annotations
 
@@ -62,7 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=None, help="train.py --workers")
     p.add_argument("--build-workers", type=int, default=None, help="bitmind-lite data build --workers")
-    p.add_argument("--train-args", default="", help="more train.py options, e.g. '--cache_decoded --jpg_prob 0.1'")
+    p.add_argument("--train-args", default="", help="more train.py options, e.g. '--cache_decoded --init weights/{arch}.pth' ({arch}: "
+                   "each --arch)")
+    p.add_argument("--dataset", default=None, help="reuse this built dataset (leave families out with --classes)")
+    p.add_argument("--test-dataset", action="append", default=[],
+                   help="with --dataset: another built dataset whose test/ families are left out by construction")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     return p
 
@@ -147,7 +160,7 @@ def build_command(args, out: Path, split: tuple[int, int], exclude: str | None) 
                   "--test-per-family", "0"]
 
 
-def train_command(args, data: Path, runs: Path, arch: str) -> list[str]:
+def train_command(args, data: Path, runs: Path, arch: str, classes: list[str] | None = None) -> list[str]:
     niter = args.epochs if args.epochs is not None else 1000  # --minutes alone: as many epochs as fit
     cmd = [sys.executable, "base_miner/train.py", "--dataroot", str(data), "--checkpoints_dir", str(runs),
            "--name", arch, "--arch", arch, "--niter", str(niter), "--seed", str(args.seed),
@@ -157,7 +170,9 @@ def train_command(args, data: Path, runs: Path, arch: str) -> list[str]:
         cmd += ["--max_minutes", str(args.minutes)]
     if args.workers is not None:
         cmd += ["--workers", str(args.workers)]
-    cmd += shlex.split(args.train_args)
+    if classes:
+        cmd += ["--classes", ",".join(classes)]
+    cmd += shlex.split(args.train_args.replace("{arch}", arch))  # e.g. --init weights/{arch}.pth
     return cmd + (["--resume"] if (runs / arch / "train_state.pt").is_file() else [])
 
 
@@ -227,32 +242,94 @@ def write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def read_manifest(data: Path) -> dict:
+    path = data / "manifest.json"
+    if not path.is_file():
+        raise ValueError(f"{data}: no manifest.json (build it with `bitmind-lite data build --out {data}`)")
+    return json.loads(path.read_text())
+
+
+def build_plan(args, out: Path, sh: Runner, split: tuple[int, int]) -> list[dict]:
+    """One cell per left-out family: its own build without F, tested on a shared test build."""
+    test_build = out / "data" / "shared-test"
+    if sh.build(build_command(args, test_build, split, None), test_build):
+        raise RuntimeError("building the test set failed (see above); fix it and run again")
+    return [{"family": f, "data": out / "data" / f"without-{f}", "classes": None, "runs": out / "runs" / f,
+             "test_build": test_build, "build": build_command(args, out / "data" / f"without-{f}", split, f)}
+            for f in left_out_families(args)]
+
+
+def dataset_plan(args, out: Path) -> list[dict]:
+    """One cell per left-out family over built datasets: F (and the semisynthetic families that may hold F's
+    regions) dropped from DATA's classes; families DATA never trains on share one run on all of DATA."""
+    from bitmind_lite.data.families import all_families
+    from bitmind_lite.data.photo import SourceError
+    from bitmind_lite.data.semisynthetic import INNER_KIND
+
+    data = Path(args.dataset).resolve()
+    train = read_manifest(data)["classes"]["train"]
+    tests: dict[str, Path] = {}
+    for d in [data] + [Path(t).resolve() for t in args.test_dataset]:
+        for f in read_manifest(d)["classes"].get("test", []):
+            if f != HOLDOUT:
+                tests.setdefault(f, d)
+    fams = all_families()
+    only = [f.strip() for f in args.only.split(",") if f.strip()]
+    unknown = [f for f in only if f not in tests]
+    if unknown:
+        raise SourceError(f"--only {', '.join(unknown)}: no test/ folder for it in {args.dataset} or "
+                          f"--test-dataset ({', '.join(tests)})")
+    kinds = DEFAULT_KINDS + (("procedural",) if args.include_procedural else ())
+    chosen = only or [f for f in tests if f in fams and fams[f].kind in kinds]
+    if not chosen:
+        raise SourceError(f"no {' or '.join(kinds)} family has test images in {args.dataset} or --test-dataset; "
+                          "use --include-procedural or --only")
+    cells = []
+    for f in chosen:
+        if f in train:
+            kind = fams[f].kind if f in fams else None
+            drop = {f} | {semi for semi, inner in INNER_KIND.items() if inner == kind}
+            classes, runs = [c for c in train if c not in drop], out / "runs" / f
+        else:
+            classes, runs = None, out / "runs" / f"all-of-{data.name}"
+        cells.append({"family": f, "data": data, "classes": classes, "runs": runs, "test_build": tests[f],
+                      "build": None})
+    return cells
+
+
 def run(args) -> int:
     from base_miner.test import parse_qualities
 
     if args.epochs is None and args.minutes is None:
         raise ValueError("give --epochs and/or --minutes")
+    if args.test_dataset and not args.dataset:
+        raise ValueError("--test-dataset needs --dataset")
     qualities = [str(q) for q in parse_qualities(args.jpeg)]
     archs = [a.strip() for a in args.arch.split(",") if a.strip()]
-    families = left_out_families(args)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     (out / "results").mkdir(exist_ok=True)
-    split = photo_split(args)
     config = {k: getattr(args, k) for k in ("families", "train", "val", "test_per_family", "size", "real", "epochs",
                                             "minutes", "batch_size", "crop_size", "input_size", "jpeg", "seed",
                                             "train_args")}
-    config["photo_split"] = list(split)
     sh = Runner(out, args.dry_run)
+    if args.dataset:
+        plan = dataset_plan(args, out)
+        manifest = read_manifest(Path(args.dataset))
+        config.update(dataset=str(Path(args.dataset).resolve()), test_datasets=[str(Path(t).resolve())
+                      for t in args.test_dataset], families=manifest["config"].get("families") or "procedural",
+                      train=manifest["config"].get("train"), val=manifest["config"].get("val"), size=manifest["size"],
+                      test_per_family=manifest["config"].get("test_per_family"))
+    else:
+        split = photo_split(args)
+        config["photo_split"] = list(split)
+        plan = build_plan(args, out, sh, split)
+    families = [c["family"] for c in plan]
     print(f"LOFO over {families} x {archs} -> {out}", flush=True)
-    test_build = out / "data" / "shared-test"
-    test_root = test_build / "test"
-    if sh.build(build_command(args, test_build, split, None), test_build):
-        raise RuntimeError("building the test set failed (see above); fix it and run again")
-    cells, failed = [], []
-    for family in families:
-        data, runs = out / "data" / f"without-{family}", out / "runs" / family
-        built = None
+    cells, failed, built, trained = [], [], {}, set()
+    for spec in plan:
+        family, data, runs = spec["family"], spec["data"], spec["runs"]
+        test_root = spec["test_build"] / "test"
         for arch in archs:
             result = out / "results" / f"{family}__{arch}.json"
             cell_path = result.with_suffix(".cell.json")
@@ -260,19 +337,23 @@ def run(args) -> int:
                 cells.append(json.loads(cell_path.read_text())["cell"])
                 print(f"\n{family} x {arch}: done before ({cell_path.name}), skipped", flush=True)
                 continue
-            if built is None:
-                built = sh.build(build_command(args, data, split, family), data) == 0
-                if built and not args.dry_run:
-                    check_disjoint_photos(test_build, data)
+            if data not in built:
+                built[data] = spec["build"] is None or sh.build(spec["build"], data) == 0
+                if built[data] and not args.dry_run:
+                    check_disjoint_photos(spec["test_build"], data)
             ckpt = runs / arch / "model_epoch_best.pth"
-            steps = [train_command(args, data, runs, arch), test_command(args, ckpt, arch, test_root, family, result)]
-            if not built or any(sh(cmd) for cmd in steps):
+            train = train_command(args, data, runs, arch, spec["classes"])
+            steps = [train, test_command(args, ckpt, arch, test_root, family, result)]
+            todo = steps[1:] if (runs, arch) in trained else steps  # a run shared by several left-out families
+            if not built[data] or any(sh(cmd) for cmd in todo):
                 failed.append(f"{family} x {arch}")
                 continue
+            trained.add((runs, arch))
             if args.dry_run:
                 continue
             cell = cell_summary(family, arch, json.loads(result.read_text()), runs / arch)
             cell["commands"] = [shlex.join(c) for c in steps]
+            cell["train_classes"] = spec["classes"]
             write_json(cell_path, {"config": config, "cell": cell})
             cells.append(cell)
     if not args.dry_run:

@@ -60,3 +60,28 @@ def test_lofo_input_errors_are_clear(tmp_path, capsys):
     rc = lofo.main(TINY + ["--include-procedural", "--dry-run", "--arch", "npr", "--out", str(tmp_path / "dry")])
     assert rc == 0 and capsys.readouterr().out.count("base_miner/train.py") == 3  # one per family, nothing run
     assert not (tmp_path / "dry" / "data").exists()
+
+
+def test_lofo_reuses_built_datasets_and_drops_the_family_with_its_semisynthetic_carriers(lofo_run, tmp_path):
+    """--dataset: no builds; F leaves train/ and val/ via --classes, and so does every semisynthetic family whose
+    regions may come from F's kind; a family only in --test-dataset shares one run trained on all of DATA."""
+    import subprocess
+
+    data = tmp_path / "zoo"
+    build = lofo.bitmind_lite() + ["data", "build", "--out", str(data), "--families", "nearest,bilinear,semi_procedural",
+                                   "--train", "12", "--val", "6", "--test-per-family", "4", "--size", "64",
+                                   "--holdout-real", "6", "--val-photos", "4", "--workers", "1", "--seed", "0", "--quiet"]
+    assert subprocess.run(build, cwd=lofo.ROOT).returncode == 0
+    out = tmp_path / "lofo"
+    argv = TINY + ["--dataset", str(data), "--test-dataset", str(lofo_run / "data" / "shared-test"),
+                   "--include-procedural", "--only", "nearest,transposed", "--arch", "npr", "--out", str(out)]
+    assert lofo.main(argv) == 0
+    result = json.loads((out / "lofo.json").read_text())
+    cells = {c["family"]: c for c in result["cells"]}
+    assert cells["nearest"]["checkpoint"]["train_classes"] == ["bilinear"]  # nearest and semi_procedural left out
+    assert sorted(cells["transposed"]["checkpoint"]["train_classes"]) == ["bilinear", "nearest", "semi_procedural"]
+    assert json.loads((out / "results" / "nearest__npr.json").read_text())["dataroot"].startswith(str(data))
+    commands = (out / "commands.sh").read_text()
+    assert "data build" not in commands and commands.count("base_miner/train.py") == 2
+    assert "--classes bilinear)" in commands and "all-of-zoo" in commands
+    assert lofo.main(TINY + ["--test-dataset", str(data), "--out", str(tmp_path / "x")]) == 2  # needs --dataset
