@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bitmind_lite.data.layout import LABELS
 from bitmind_lite.detectors.base import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
-LABELS = {"0_real": 0, "1_fake": 1}
 JPEG_METHODS = ("pil", "cv2")
 
 Sample = tuple[str, int]  # (path, label)

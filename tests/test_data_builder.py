@@ -113,6 +113,16 @@ def test_resume_after_interruption(tmp_path):
     assert len(rec.read_text().splitlines()) == 1
     with pytest.raises(FileExistsError, match="other settings"):
         build_dataset(BuildConfig(out=cfg.out, **dict(SMALL, seed=9)), progress=False)
+    # the real pool changed since the first run (same seed, other split): an item whose photo is no longer in its
+    # split's pool is rebuilt, so a resumed build never trains on a test photo
+    test_photo = json.loads((out / "manifest.json").read_text())["photos"]["test"][0]
+    rec = out / "records" / "train__nearest.jsonl"
+    lines = [json.loads(line) for line in rec.read_text().splitlines()]
+    lines[0]["real_source"], lines[0]["photo"] = test_photo.rsplit(":", 1)
+    rec.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    (out / "manifest.json").unlink()
+    manifest = build_dataset(cfg, progress=False)
+    assert tree(out) == reference and test_photo not in manifest["photos"]["train"]
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "x.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not a bitmind-lite dataset"):

@@ -1,11 +1,6 @@
-"""Build an NPR training set in the CNNDetection layout:
-
-    OUT/train/<class>/0_real/*.png, OUT/train/<class>/1_fake/*.png      classes = generator families (or fake specs)
-    OUT/val/<class>/{0_real,1_fake}/
-    OUT/test/<family>/{0_real,1_fake}/        every family, excluded ones included (leave-one-family-out testing)
-    OUT/test/real_holdout/0_real/             reals only, from photos never used in train/val
-    OUT/manifest.json                          sources, licences, parameters, seed, counts
-    OUT/records/<split>__<class>.jsonl         one line per pair: photo, window, generator and augmentation params
+"""Build an NPR training set in the dataset layout (bitmind_lite/data/layout.py, the CNNDetection one): train/ and
+val/ hold one class folder per generator family, test/ every family (excluded ones included, for
+leave-one-family-out testing) plus test/real_holdout (reals from photos never used in train/val).
 
 Every item is a PAIR cut from the same photo window: the real crop and its fake twin (procedural: a re-render of
 that window; diffusers: an image prompted from it) get the same flip and the same augmentation parameters, and
@@ -36,9 +31,9 @@ from bitmind_lite.data.augment import (DEFAULT_LEVEL_PROBS, LEVELS, apply, parse
 from bitmind_lite.data.photo import SourceError, content_box, ensure_min_size
 from bitmind_lite.data.sources import open_fake_source, open_real_source, route_options
 
-SPLITS = ("train", "val", "test")
-HOLDOUT_CLASS = "real_holdout"
-FORMAT = "bitmind-lite-dataset/1"
+from bitmind_lite.data.layout import (DESCRIPTION, FAKE_DIR, FORMAT, HOLDOUT_CLASS, MANIFEST, REAL_DIR,  # noqa: F401
+                                      RECORDS_DESCRIPTION, RECORDS_DIR, SPLITS, pair_paths)
+from bitmind_lite.data.layout import records_path as layout_records_path
 
 
 @dataclass
@@ -188,24 +183,27 @@ class Builder:
     # ------------------------------------------------------------ files
 
     def paths(self, item: Item) -> tuple[Path, Path | None]:
-        d = self.out / item.split / item.cls
-        name = f"{item.index:05d}.png"
-        return d / "0_real" / name, (None if item.cls == HOLDOUT_CLASS else d / "1_fake" / name)
+        return pair_paths(self.out, item.split, item.cls, item.index)
 
     def records_path(self, split: str, cls: str) -> Path:
-        return self.out / "records" / f"{split}__{cls}.jsonl"
+        return layout_records_path(self.out, split, cls)
 
     def done_records(self) -> dict[Item, dict]:
-        """Items finished by an earlier run: a readable record line and both image files present."""
+        """Items finished by an earlier run: a readable record line, both image files present, and the photo in the
+        item's split pool. The last check matters when the real pool changed between runs (photos added to
+        `bundled`): the same seed then cuts a different split, and a stale item could put a test photo in train."""
+        pools = {split: {(self.reals[s].spec, pid) for s, pid in pool} for split, pool in self.photos.items()}
         done = {}
-        for path in sorted((self.out / "records").glob("*.jsonl")):
+        for path in sorted((self.out / RECORDS_DIR).glob("*.jsonl")):
             for line in path.read_text().splitlines():
                 try:
                     r = json.loads(line)
                     item = Item(r["split"], r["class"], int(r["index"]))
+                    photo = (r["real_source"], r["photo"])
                 except (ValueError, KeyError, TypeError):
                     continue  # a line cut short by an interruption: that item is simply rebuilt
-                if all(p is None or p.exists() for p in self.paths(item)):
+                if item.split in pools and photo in pools[item.split] and \
+                        all(p is None or p.exists() for p in self.paths(item)):
                     done[item] = r
         return done
 
@@ -239,15 +237,14 @@ class Builder:
             licences[src.spec] = src.licences(ids)
         counts = {}
         for item in records:
-            for label, p in zip(("0_real", "1_fake"), self.paths(item)):
+            for label, p in zip((REAL_DIR, FAKE_DIR), self.paths(item)):
                 if p is not None:
                     key = f"{item.split}/{item.cls}/{label}"
                     counts[key] = counts.get(key, 0) + 1
         return {
             "format": FORMAT, "bitmind_lite_version": __version__, "seed": self.cfg.seed, "size": self.cfg.size,
             "config": self.cfg.key(),
-            "layout": "SPLIT/CLASS/{0_real,1_fake}/NNNNN.png; a real and a fake with the same name are one pair "
-                      "(same photo window, same flip and augmentation)",
+            "layout": DESCRIPTION,
             "classes": self.classes, "excluded_families": list(self.cfg.exclude_families),
             "real_sources": [r.describe() for r in self.reals], "fake_sources": [f.describe() for f in self.fakes],
             "photos": {s: sorted(f"{spec}:{pid}" for spec, pid in used[s]) for s in SPLITS},
@@ -256,7 +253,7 @@ class Builder:
             "augmentation": {"level_probs": {str(k): v for k, v in self.level_probs.items()},
                              "levels": {str(k): v for k, v in LEVELS.items()}, "window_side": self.side},
             "counts": dict(sorted(counts.items())),
-            "records": "records/<split>__<class>.jsonl",
+            "records": RECORDS_DESCRIPTION,
         }
 
     def close(self) -> None:
@@ -331,7 +328,7 @@ def build_dataset(cfg: BuildConfig, progress: bool = True, overwrite: bool = Fal
         if previous != cfg.key():
             if not overwrite:
                 raise FileExistsError(f"{out} holds a dataset built with other settings; use --overwrite or another --out")
-            for name in (*SPLITS, "records", "manifest.json"):
+            for name in (*SPLITS, RECORDS_DIR, MANIFEST):
                 p = out / name
                 shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     builder = Builder(cfg)
@@ -347,7 +344,7 @@ def build_dataset(cfg: BuildConfig, progress: bool = True, overwrite: bool = Fal
         done = builder.done_records()
         todo = [it for it in builder.items() if it not in done]
         if todo:
-            (out / "manifest.json").unlink(missing_ok=True)  # incomplete from here until the end
+            (out / MANIFEST).unlink(missing_ok=True)  # incomplete from here until the end
         from tqdm import tqdm
 
         with tqdm(total=len(done) + len(todo), initial=len(done), disable=not progress, unit="pair",
@@ -368,7 +365,7 @@ def build_dataset(cfg: BuildConfig, progress: bool = True, overwrite: bool = Fal
                 tmp.write_text("".join(line + "\n" for line in lines))
                 os.replace(tmp, rp)
         manifest = json.loads(json.dumps(builder.manifest(records)))  # exactly what the file holds
-        _write_json(out / "manifest.json", manifest)
+        _write_json(out / MANIFEST, manifest)
         return manifest
     finally:
         torch.set_num_threads(threads)
