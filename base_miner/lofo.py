@@ -40,8 +40,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bitmind_lite.data.layout import HOLDOUT_CLASS as HOLDOUT
+from bitmind_lite.data.layout import MANIFEST, read_manifest
+
 ROOT = Path(__file__).resolve().parents[1]
-HOLDOUT = "real_holdout"  # bitmind_lite.data.builder.HOLDOUT_CLASS (not imported: this module stays light)
 DEFAULT_KINDS = ("pretrained", "house")
 COLUMNS = (("acc", "Acc"), ("ap", "AP"), ("auc", "AUC"), ("mcc", "MCC"), ("brier", "Brier"), ("reward", "reward"))
 
@@ -122,7 +124,7 @@ class Runner:
         """A dataset build, skipped when this very command already finished it (its manifest is there): the builder
         would only verify it, which costs a process start and opening every generator."""
         stamp = out.with_name(out.name + ".command")
-        if not self.dry_run and (out / "manifest.json").is_file() and stamp.is_file() and \
+        if not self.dry_run and (out / MANIFEST).is_file() and stamp.is_file() and \
                 stamp.read_text() == shlex.join(cmd):
             print(f"\n{out}: built before by the same command, reused", flush=True)
             return 0
@@ -185,8 +187,8 @@ def test_command(args, ckpt: Path, arch: str, test_root: Path, family: str, resu
 
 def check_disjoint_photos(test_build: Path, data: Path) -> None:
     """No test photo in the training or validation set (both builds cut the same photo split)."""
-    test = set(json.loads((test_build / "manifest.json").read_text())["photos"]["test"])
-    photos = json.loads((data / "manifest.json").read_text())["photos"]
+    test = set(read_manifest(test_build)["photos"]["test"])
+    photos = read_manifest(data)["photos"]
     shared = test & (set(photos["train"]) | set(photos["val"]))
     if shared:
         raise RuntimeError(f"{data} trains on test photos {sorted(shared)[:3]}...: the photo splits differ")
@@ -240,13 +242,6 @@ def write_json(path: Path, obj) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1))
     os.replace(tmp, path)
-
-
-def read_manifest(data: Path) -> dict:
-    path = data / "manifest.json"
-    if not path.is_file():
-        raise ValueError(f"{data}: no manifest.json (build it with `bitmind-lite data build --out {data}`)")
-    return json.loads(path.read_text())
 
 
 def build_plan(args, out: Path, sh: Runner, split: tuple[int, int]) -> list[dict]:
