@@ -1,19 +1,22 @@
 """The wire protocol between validators and miners: one image in, one probability out.
 
-Everything a node needs to agree on lives here: the request/response models, the limits, and the only two
-functions that turn images into wire strings and back. Both sides import these, so a limit changes in one place.
+Everything a node needs to agree on lives here: the request/response models, the error kinds and their statuses,
+the limits, the only two functions that turn images into wire strings and back, and the one reader of answers
+(`parse_detect_answer`). Both sides import these, so a limit changes in one place.
 """
 from __future__ import annotations
 
 import base64
 import binascii
 import io
+import json
 import math
+from enum import Enum
 from typing import Optional, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer
 
 # ---- limits (one place; the miner maps violations to HTTP 413/415/400) ----
 MAX_BODY_BYTES = 8 * 1024 * 1024  # whole JSON request body
@@ -25,6 +28,43 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP")
 # generator delivers them, and accepting them would let the container, not the pixels, decide the answer.
 ALLOWED_MODES = ("RGB", "L")
 DETECT_PATH = "/v1/detect"
+# The caller's own timeout in seconds, sent with each request: a miner drops a request whose caller has given up
+# instead of computing an answer nobody reads (the miner caps it by its own request_timeout).
+DEADLINE_HEADER = "X-Bitmind-Timeout"
+
+
+class ErrorKind(str, Enum):
+    """Every way a detect request can fail, with the HTTP status it is answered with (one table for both sides)."""
+
+    malformed = "malformed"  # body or image unusable
+    unauthorized = "unauthorized"  # btauth/1 signature missing or wrong
+    forbidden = "forbidden"  # caller not registered / no permit / too little stake
+    too_large = "too_large"  # body or image too large
+    unsupported = "unsupported"  # image format not accepted
+    rate_limited = "rate_limited"
+    model_error = "model_error"  # the detector failed
+    timeout = "timeout"  # no answer inside the caller's deadline
+    unavailable = "unavailable"  # queue full or metagraph not loaded (Retry-After)
+
+    @property
+    def status(self) -> int:
+        return _STATUS[self]
+
+    @property
+    def description(self) -> str:
+        return _DESCRIPTION[self]
+
+
+_STATUS = {ErrorKind.malformed: 400, ErrorKind.unauthorized: 401, ErrorKind.forbidden: 403,
+           ErrorKind.too_large: 413, ErrorKind.unsupported: 415, ErrorKind.rate_limited: 429,
+           ErrorKind.model_error: 500, ErrorKind.timeout: 504, ErrorKind.unavailable: 503}
+_DESCRIPTION = {ErrorKind.malformed: "malformed body or image",
+                ErrorKind.unauthorized: "missing or invalid btauth/1 signature",
+                ErrorKind.forbidden: "caller not registered, no validator permit or too little stake",
+                ErrorKind.too_large: "body or image too large", ErrorKind.unsupported: "image format not accepted",
+                ErrorKind.rate_limited: "rate limit", ErrorKind.model_error: "model error",
+                ErrorKind.timeout: "no answer inside the caller's deadline",
+                ErrorKind.unavailable: "queue full or metagraph not loaded (see Retry-After)"}
 
 
 class InvalidImage(ValueError):
@@ -35,30 +75,77 @@ class InvalidImage(ValueError):
         self.kind = kind
 
 
-class ImageSynapse(BaseModel):
-    """One detection challenge. Requests carry `image`; answers carry `prediction` (P(AI-generated))."""
+class DetectRequest(BaseModel):
+    """One detection challenge: the image and nothing else (an unknown field is a client bug, refused with 400)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    image: str = Field("", description="base64 of a JPEG, PNG or WebP file", max_length=MAX_BODY_BYTES)
-    prediction: Optional[float] = Field(None, ge=0.0, le=1.0, description="P(AI-generated); null = not answered")
-    detector: Optional[str] = Field(None, max_length=64, description="name/version of the detector that answered")
-    attribution: Optional[str] = Field(None, max_length=128, description="optional guess of the generator family")
+    image: str = Field(..., description="base64 of a JPEG, PNG or WebP file", max_length=MAX_BODY_BYTES)
 
-    @field_validator("prediction")
-    @classmethod
-    def _finite(cls, v: Optional[float]) -> Optional[float]:
-        if v is not None and not math.isfinite(v):
-            raise ValueError("prediction must be a finite number in [0, 1]")
-        return v
+
+ImageSynapse = DetectRequest  # the name the request had under the old Synapse-based stack
 
 
 class DetectResponse(BaseModel):
-    """What a miner sends back: the answer only, never the image (the old stack echoed 26 KB per answer)."""
+    """What a miner sends back: the answer only, never the image (the old stack echoed 26 KB per answer).
 
-    prediction: float = Field(..., ge=0.0, le=1.0)
-    detector: str
-    version: str
+    Validators read it leniently (fields they do not know are ignored, so miners can add some) but strictly where it
+    counts: `prediction` must be a finite number in [0, 1], not a string or a bool that happens to convert.
+    """
+
+    prediction: float = Field(..., ge=0.0, le=1.0, strict=True, allow_inf_nan=False,
+                              description="P(AI-generated); above 0.5 means AI-generated")
+    # informative only: a bare {"prediction": p} is a valid answer (scoring reads the prediction alone)
+    detector: str = Field("", max_length=64, description="name of the detector that answered")
+    version: str = Field("", max_length=64, description="version (weights fingerprint) of that detector")
+    attribution: Optional[str] = Field(None, max_length=128,
+                                       description="optional guess of the generator family; not scored")
+
+    @model_serializer(mode="wrap")
+    def _omit_missing_attribution(self, handler):
+        data = handler(self)  # an answer without attribution stays the three fields miners have always sent
+        if isinstance(data, dict) and data.get("attribution") is None:
+            data.pop("attribution", None)
+        return data
+
+
+def is_valid_prediction(p: object) -> bool:
+    """A finite real number in [0, 1] (bools are not numbers here: `true` is not a probability)."""
+    return isinstance(p, (int, float)) and not isinstance(p, bool) and math.isfinite(p) and 0.0 <= p <= 1.0
+
+
+def parse_detect_answer(status: int, raw: bytes) -> tuple[Optional[float], Optional[str], Optional[str]]:
+    """(prediction, detector, error) from a miner's HTTP answer; error is None exactly when prediction is valid.
+
+    The one reader of answers: the validator, the benchmarks and the test miners all judge an answer here.
+    """
+    if status != 200:
+        if 300 <= status < 400:
+            return None, None, f"redirect (3xx) refused: HTTP {status}"
+        try:
+            detail = json.loads(raw).get("detail")
+        except (ValueError, AttributeError):
+            detail = None
+        return None, None, f"HTTP {status}" + (f": {str(detail)[:200]}" if detail else "")
+    if not raw:
+        return None, None, "empty answer"
+    try:
+        answer = DetectResponse.model_validate_json(raw)
+    except ValidationError as e:
+        return None, None, _answer_error(e.errors()[0])
+    return answer.prediction, answer.detector, None
+
+
+def _answer_error(first: dict) -> str:
+    """One line saying what is wrong with an answer, from pydantic's first complaint."""
+    where = ".".join(str(x) for x in first["loc"])
+    if first["type"] == "json_invalid":
+        return "answer is not JSON"
+    if first["type"] == "missing":
+        return f"answer has no {where}"
+    if where == "prediction":
+        return f"prediction {str(first['input'])[:40]!r} is not a finite number in [0, 1]"
+    return f"invalid answer: {where or 'body'}: {first['msg']}"
 
 
 def encode_image(image: Union[Image.Image, np.ndarray, "torch.Tensor"], format: str = "PNG", quality: int = 95) -> str:  # noqa: F821

@@ -12,7 +12,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from bitmind_lite.protocol import (
-    MAX_PIXELS, DetectResponse, ImageSynapse, InvalidImage, decode_image, encode_image,
+    MAX_PIXELS, DetectRequest, DetectResponse, ImageSynapse, InvalidImage, decode_image, encode_image,
 )
 
 
@@ -112,13 +112,24 @@ def test_bomb_and_format_errors_say_which_status_fits(photo):
     assert e.value.kind == "format"
 
 
-def test_synapse_validates_predictions():
-    assert ImageSynapse(image="x", prediction=0.25).prediction == 0.25
-    assert ImageSynapse(image="x").prediction is None
-    for bad in (-0.1, 1.5, float("nan"), float("inf")):
+def test_response_validates_predictions():
+    assert DetectResponse(prediction=0.25, detector="npr", version="v").prediction == 0.25
+    for bad in (-0.1, 1.5, float("nan"), float("inf"), True, "0.5", None):
         with pytest.raises(ValidationError):
-            ImageSynapse(image="x", prediction=bad)
+            DetectResponse(prediction=bad, detector="npr", version="v")
     with pytest.raises(ValidationError):
-        ImageSynapse(image="x", unknown_field=1)
+        DetectResponse(prediction=0.5, detector="npr", version="v", attribution="x" * 129)
     assert set(DetectResponse(prediction=0.5, detector="npr", version="v").model_dump()) == {
         "prediction", "detector", "version"}
+    with_guess = DetectResponse(prediction=0.5, detector="npr", version="v", attribution="sdxl")
+    assert DetectResponse.model_validate_json(with_guess.model_dump_json()).attribution == "sdxl"
+
+
+def test_request_is_the_image_only():
+    assert ImageSynapse is DetectRequest  # the old name still works for existing callers
+    assert DetectRequest(image="x").model_dump() == {"image": "x"}
+    for leftover in ("prediction", "detector", "attribution", "unknown_field"):
+        with pytest.raises(ValidationError):
+            DetectRequest(image="x", **{leftover: 0.5})
+    with pytest.raises(ValidationError):
+        DetectRequest()

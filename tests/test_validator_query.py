@@ -11,17 +11,18 @@ from pathlib import Path
 import pytest
 from bittensor.sp_core import Keypair
 
-from bitmind_lite.protocol import encode_image
-from bitmind_lite.validator.query import MinerClient, Target, challenge_body, parse_answer
+from bitmind_lite.protocol import encode_image, parse_detect_answer
+from bitmind_lite.validator.query import MinerClient, Target, challenge_body
 
 FAKE_MINERS = Path(__file__).with_name("fake_miners.py")
 VALIDATOR_KEY = Keypair.create_from_uri("//test-validator")
 
 
-def start_fake_miners(tmp_path: Path, behaviours: list[str], prefix: str) -> tuple[subprocess.Popen, list[dict]]:
+def start_fake_miners(tmp_path: Path, behaviours: list[str], prefix: str,
+                      verify: bool = True) -> tuple[subprocess.Popen, list[dict]]:
     ready = tmp_path / f"{prefix}.json"
     proc = subprocess.Popen([sys.executable, str(FAKE_MINERS), "--ready", str(ready), "--seed-prefix", prefix,
-                             *behaviours], start_new_session=True)
+                             *([] if verify else ["--no-verify"]), *behaviours], start_new_session=True)
     deadline = time.time() + 60
     while not ready.exists():
         assert proc.poll() is None and time.time() < deadline, "fake miners did not start"
@@ -79,17 +80,38 @@ def test_faulty_miners_get_no_valid_answer_and_the_round_completes(tmp_path, bod
     assert [a.uid for a in answers] == [t.uid for t in targets]
 
 
+ANSWER = b'"detector": "npr", "version": "1"'
+
+
 @pytest.mark.parametrize("status,raw,expected", [
-    (200, b'{"prediction": 0.25, "detector": "npr", "version": "1"}', 0.25),
-    (200, b'{"prediction": 1}', 1.0),
-    (200, b'{"prediction": NaN}', None),
-    (200, b'{"prediction": Infinity}', None),
-    (200, b'{"prediction": true}', None),
-    (200, b'{"prediction": null}', None),
+    (200, b'{"prediction": 0.25, ' + ANSWER + b'}', 0.25),
+    (200, b'{"prediction": 1, ' + ANSWER + b'}', 1.0),
+    (200, b'{"prediction": 0.5, ' + ANSWER + b', "attribution": "sdxl", "newer_field": [1]}', 0.5),
+    (200, b'{"prediction": NaN, ' + ANSWER + b'}', None),
+    (200, b'{"prediction": Infinity, ' + ANSWER + b'}', None),
+    (200, b'{"prediction": true, ' + ANSWER + b'}', None),
+    (200, b'{"prediction": "0.5", ' + ANSWER + b'}', None),
+    (200, b'{"prediction": null, ' + ANSWER + b'}', None),
+    (200, b'{"prediction": 0.5}', 0.5),  # detector and version are informative: a bare prediction is an answer
+    (200, b'{"prediction": 0.5, ' + ANSWER + b', "attribution": "' + b"x" * 129 + b'"}', None),
     (200, b'[0.5]', None),
     (200, b'\xff\xfe', None),
+    (200, b'{"prediction": 0.5, ' + ANSWER, None),  # cut short
     (503, b'{"detail": "busy"}', None),
+    (307, b'{"prediction": 0.5, ' + ANSWER + b'}', None),
 ])
-def test_parse_answer(status, raw, expected):
-    p, _detector, error = parse_answer(status, raw)
+def test_parse_detect_answer(status, raw, expected):
+    p, _detector, error = parse_detect_answer(status, raw)
     assert p == expected and (error is None) == (expected is not None)
+
+
+@pytest.mark.parametrize("status,raw,reason", [
+    (200, b'{"prediction": 2, ' + ANSWER + b'}', "prediction '2' is not a finite number in [0, 1]"),
+    (200, b'{"prediction": 0.5, ' + ANSWER, "answer is not JSON"),
+    (200, b"", "empty answer"),
+    (200, b'{"version": "1"}', "answer has no prediction"),
+    (503, b'{"detail": "queue full"}', "HTTP 503: queue full"),
+    (302, b"", "redirect (3xx) refused: HTTP 302"),
+])
+def test_invalid_answers_say_why(status, raw, reason):
+    assert parse_detect_answer(status, raw) == (None, None, reason)

@@ -4,12 +4,14 @@ aiohttp, because on loopback a 256-miner round took 0.16 s with it against 0.6-1
 rescans every connection per request; see shared/docs/transport-benchmark.md). Keep-alive is 3 s, below uvicorn's
 5 s idle timeout: with the default 15 s, rounds ~5 s apart lost ~10 % of requests to connections the miner had
 just closed. A request that still fails on a dropped connection is retried once, re-signed, because a resent
-nonce is a replay. Anything but a finite number in [0, 1] is an invalid answer (prediction None).
+nonce is a replay. Each request says how long the validator will wait (DEADLINE_HEADER). A redirect is never
+followed (it would hand the signed request to a server the miner picks) and, like anything
+`protocol.parse_detect_answer` does not accept, is an invalid answer (prediction None); so is an answer over
+MAX_ANSWER_BYTES. The body is read to its end however it is chunked.
 """
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -18,8 +20,7 @@ import aiohttp
 import bittensor as bt
 from loguru import logger
 
-from bitmind_lite.protocol import DETECT_PATH, ImageSynapse
-from bitmind_lite.validator.reward import is_valid_prediction
+from bitmind_lite.protocol import DEADLINE_HEADER, DETECT_PATH, DetectRequest, parse_detect_answer
 
 MAX_ANSWER_BYTES = 64 * 1024  # an answer is ~100 bytes; anything much larger is not worth reading
 KEEPALIVE_S = 3.0
@@ -55,28 +56,29 @@ class Answer:
 
 def challenge_body(image_b64: str) -> bytes:
     """The request body, built once per challenge and sent to every miner."""
-    return ImageSynapse(image=image_b64).model_dump_json(include={"image"}).encode()
+    return DetectRequest(image=image_b64).model_dump_json().encode()
 
 
-def parse_answer(status: int, raw: bytes) -> tuple[Optional[float], Optional[str], Optional[str]]:
-    """(prediction, detector, error) from a miner's HTTP response."""
-    if status != 200:
-        try:
-            detail = json.loads(raw).get("detail")
-        except (ValueError, AttributeError):
-            detail = None
-        return None, None, f"HTTP {status}" + (f": {str(detail)[:200]}" if detail else "")
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        return None, None, "answer is not JSON" if raw else "empty answer"
-    if not isinstance(data, dict) or "prediction" not in data:
-        return None, None, "answer has no prediction"
-    p = data["prediction"]
-    detector = data.get("detector") if isinstance(data.get("detector"), str) else None
-    if not is_valid_prediction(p):
-        return None, detector, f"prediction {str(p)[:40]!r} is not a finite number in [0, 1]"
-    return float(p), detector, None
+class _RefusedAnswer(Exception):
+    """An answer judged invalid before it is parsed (too large); the message is the Answer's error."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
+    """The whole body, however the miner chunked it, but never more than MAX_ANSWER_BYTES."""
+    too_large = f"answer larger than {MAX_ANSWER_BYTES} bytes"
+    if resp.content_length is not None and resp.content_length > MAX_ANSWER_BYTES:
+        raise _RefusedAnswer(resp.status, too_large)
+    body = bytearray()
+    # read(n) returns what has arrived so far (possibly one chunk of several), b"" only at the end of the body
+    while chunk := await resp.content.read(MAX_ANSWER_BYTES + 1 - len(body)):
+        body += chunk
+        if len(body) > MAX_ANSWER_BYTES:
+            raise _RefusedAnswer(resp.status, too_large)
+    return bytes(body)
 
 
 def _dropped(e: BaseException) -> bool:
@@ -92,6 +94,7 @@ class MinerClient:
     def __init__(self, keypair, timeout: float):
         self.keypair, self.timeout = keypair, timeout
         self._session: Optional[aiohttp.ClientSession] = None
+        self._redirected: set[int] = set()  # uids already warned about
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -110,13 +113,24 @@ class MinerClient:
     async def __aexit__(self, *exc) -> None:
         await self.close()
 
-    async def _post(self, target: Target, body: bytes) -> tuple[int, bytes]:
+    async def _post(self, target: Target, body: bytes, seconds_left: float) -> tuple[int, bytes]:
         headers = bt.http_auth.sign(self.keypair, method="POST", path=DETECT_PATH, body=body,
                                     receiver_ss58=target.hotkey)
         headers["Content-Type"] = "application/json"
-        async with self._get_session().post(target.url, data=body, headers=headers) as resp:
-            raw = await resp.content.read(MAX_ANSWER_BYTES)
-            return resp.status, raw
+        headers[DEADLINE_HEADER] = str(round(max(seconds_left, 0.0), 3))  # so the miner can drop it once we give up
+        # Never follow a redirect: it would re-post the signed body to a server the miner chooses and credit the
+        # miner with that server's answer.
+        async with self._get_session().post(target.url, data=body, headers=headers, allow_redirects=False) as resp:
+            if 300 <= resp.status < 400:
+                self._log_redirect(target, resp.status, resp.headers.get("Location", ""))
+            return resp.status, await _read_capped(resp)
+
+    def _log_redirect(self, target: Target, status: int, location: str) -> None:
+        """WARNING the first time a uid redirects, DEBUG after: a redirecting miner would otherwise flood the log."""
+        log = logger.debug if target.uid in self._redirected else logger.warning
+        self._redirected.add(target.uid)
+        log(f"uid {target.uid} ({target.url}) answered HTTP {status} to {location[:200]!r}; redirect refused, "
+            f"invalid answer")
 
     async def query(self, target: Target, body: bytes) -> Answer:
         start = time.perf_counter()
@@ -124,12 +138,15 @@ class MinerClient:
         try:
             async with asyncio.timeout(self.timeout):  # one budget for the request and its retry
                 try:
-                    status, raw = await self._post(target, body)
+                    status, raw = await self._post(target, body, self.timeout)
                 except (aiohttp.ClientError, OSError) as e:
                     if not _dropped(e):
                         raise
-                    status, raw = await self._post(target, body)  # re-signed: a fresh nonce
-            prediction, detector, error = parse_answer(status, raw)
+                    left = self.timeout - (time.perf_counter() - start)
+                    status, raw = await self._post(target, body, left)  # re-signed: a fresh nonce
+            prediction, detector, error = parse_detect_answer(status, raw)
+        except _RefusedAnswer as e:
+            status, error = e.status, str(e)
         except TimeoutError:
             error = f"timed out after {self.timeout:g} s"
         except (aiohttp.ClientError, OSError) as e:

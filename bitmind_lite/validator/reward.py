@@ -18,14 +18,11 @@ from typing import Iterable, Optional
 import numpy as np
 from sklearn.metrics import brier_score_loss, matthews_corrcoef
 
+from bitmind_lite.protocol import is_valid_prediction
+
 WINDOW = 100  # answers kept per miner (valid and invalid)
 SHORT_WINDOW = 10  # the accuracy term looks only at the most recent valid answers, so a fix shows up fast
 MIN_VALID = 5  # no reward before this many valid answers: a lucky first guess is not a track record
-
-
-def is_valid_prediction(p: object) -> bool:
-    """A finite real number in [0, 1] (bools are not numbers here: `true` is not a probability)."""
-    return isinstance(p, (int, float)) and not isinstance(p, bool) and math.isfinite(p) and 0.0 <= p <= 1.0
 
 
 class History:

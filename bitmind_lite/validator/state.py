@@ -1,8 +1,9 @@
 """What a validator must not forget across restarts, kept in SQLite (WAL) and written once per challenge.
 
 Each `save` is one transaction, so a `kill -9` at any moment leaves either the previous challenge's state or this
-one's, never a mix. A file that SQLite cannot read, or whose contents do not make sense, is never silently reset:
-`StateStore.open` copies it aside and raises `StateCorrupt` naming both paths.
+one's, never a mix. Only a missing file means "new validator". A file that is empty, that SQLite cannot read, that
+has no (or an empty) meta table, or whose contents do not make sense, is never silently reset: `StateStore.open` /
+`load` copy it aside (STATE.corrupt-<time>, the original left as it was) and raise `StateCorrupt` naming both.
 """
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from bitmind_lite.validator.reward import WINDOW, History
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS miners (
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE miners (
     uid INTEGER PRIMARY KEY,
     hotkey TEXT NOT NULL,
     score REAL NOT NULL,
@@ -66,40 +67,41 @@ class StateStore:
 
     @classmethod
     def open(cls, path: str | Path, owner: str = "") -> "StateStore":
-        """Open or create the database. `owner` (e.g. "netuid 1 / <hotkey>") guards against mixing validators."""
+        """Open or create the database. `owner` (e.g. "netuid 1 / <hotkey>") guards against mixing validators.
+
+        Only a missing file starts fresh, and a new file appears complete or not at all. An existing one must be a
+        state database (SQLite, a non-empty meta table) before anything writes to it, so a bad file is copied aside
+        exactly as it was found.
+        """
         path = Path(path).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
-        existed = path.exists() and path.stat().st_size > 0
+        if not path.exists():
+            _create(path, owner)
+        if path.stat().st_size == 0:
+            raise StateCorrupt(path, _backup(path), "the file is empty (0 bytes)")
+        conn = None
         try:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            _check_state_file(conn)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable against process crashes
-            if existed:
-                check = conn.execute("PRAGMA quick_check").fetchone()[0]
-                if check != "ok":
-                    raise sqlite3.DatabaseError(f"quick_check: {check}")
-            conn.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as e:
+        except (sqlite3.DatabaseError, ValueError) as e:
+            if conn is not None:
+                conn.close()
             raise StateCorrupt(path, _backup(path), str(e)) from None
         store = cls(path, conn)
         meta = store._meta()
-        if not existed or not meta:
-            store._write_meta({"schema": str(SCHEMA_VERSION), "owner": owner, "step": "0", "last_weights_block": ""})
-        else:
-            if meta.get("schema") != str(SCHEMA_VERSION):
-                raise StateCorrupt(path, _backup(path), f"schema version {meta.get('schema')!r}, expected {SCHEMA_VERSION}")
-            if owner and meta.get("owner") and meta["owner"] != owner:
-                conn.close()
-                raise StateError(f"validator state {path} belongs to {meta['owner']!r}, not {owner!r}; "
-                                 f"use another --neuron.state_dir")
+        if meta.get("schema") != str(SCHEMA_VERSION):
+            conn.close()
+            raise StateCorrupt(path, _backup(path), f"schema version {meta.get('schema')!r}, expected {SCHEMA_VERSION}")
+        if owner and meta.get("owner") and meta["owner"] != owner:
+            conn.close()
+            raise StateError(f"validator state {path} belongs to {meta['owner']!r}, not {owner!r}; "
+                             f"use another --neuron.state_dir")
         return store
 
     def _meta(self) -> dict[str, str]:
         return dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
-
-    def _write_meta(self, values: dict[str, str]) -> None:
-        with self._transaction():
-            self._conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", values.items())
 
     def _transaction(self):
         return _Transaction(self._conn)
@@ -139,6 +141,33 @@ class StateStore:
         self._conn.close()
 
 
+def _create(path: Path, owner: str) -> None:
+    """Build a new state file next to `path` and rename it into place: a crash never leaves half of one behind."""
+    tmp = path.with_name(path.name + ".new")
+    for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
+        leftover.unlink(missing_ok=True)  # from a creation that crashed; a stale WAL would be replayed
+    conn = sqlite3.connect(tmp, isolation_level=None)  # rollback journal: once committed, it is all in `tmp`
+    try:
+        conn.executescript(_SCHEMA)
+        conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [
+            ("schema", str(SCHEMA_VERSION)), ("owner", owner), ("step", "0"), ("last_weights_block", "")])
+    finally:
+        conn.close()
+    tmp.replace(path)
+
+
+def _check_state_file(conn: sqlite3.Connection) -> None:
+    """Raise (DatabaseError or ValueError) unless `conn` is an intact SQLite file with a non-empty meta table."""
+    check = conn.execute("PRAGMA quick_check").fetchone()[0]
+    if check != "ok":
+        raise sqlite3.DatabaseError(f"quick_check: {check}")
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "meta" not in tables:
+        raise ValueError("it has no meta table, so it is not a validator state file")
+    if conn.execute("SELECT COUNT(*) FROM meta").fetchone()[0] == 0:
+        raise ValueError("its meta table is empty")
+
+
 class _Transaction:
     def __init__(self, conn: sqlite3.Connection):
         self.conn = conn
@@ -155,7 +184,11 @@ def _backup(path: Path) -> Optional[Path]:
     """Copy a bad state file (and its WAL) next to it, so nothing a human might want back is lost."""
     if not path.exists():
         return None
-    dest = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    dest = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while dest.exists():  # a second failure in the same second keeps the first copy too
+        dest, n = path.with_name(f"{path.name}.corrupt-{stamp}-{n}"), n + 1
     try:
         shutil.copy2(path, dest)
         for suffix in ("-wal", "-shm"):
