@@ -14,6 +14,15 @@ Goals (2-core CPU): overhead <= 1 ms of miner CPU and <= 2 ms p50 round trip; 8 
 
 `baseline` is the floor: a bare FastAPI + btauth server answering a constant (no gate, batcher or model), measured
 in the same run so that load from other processes affects both alike.
+
+    python bench/miner.py --flood                # fairness: one validator floods, two others send one request a second
+
+--flood starts one miner with production settings (rate limit 120/min, request_timeout 10 s, batches of up to 16)
+and one validator sends --flood-requests signed requests over --flood-connections connections, each next request as
+soon as the last is answered, while two others (one with the flooder's stake, one with twice it) send one request
+a second until the flood is over. Every request carries the validator timeout (--timeout, 9 s) in the deadline
+header. Printed per caller: sent, answered 200 inside the timeout, other outcomes, latency p50/p95; and the
+fairness figure: the share of the other validators' requests answered 200 inside their timeout (goal >= 95 %).
 """
 from __future__ import annotations
 
@@ -41,10 +50,14 @@ from fastapi.responses import Response
 from PIL import Image
 
 from bitmind_lite.chain import Devnet, create_wallet
-from bitmind_lite.protocol import DETECT_PATH, ImageSynapse, encode_image
+from bitmind_lite.protocol import DEADLINE_HEADER, DETECT_PATH, DetectRequest, encode_image, parse_detect_answer
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_JSON = str(ROOT / "bench" / "results" / "miner.json")
 TICK = os.sysconf("SC_CLK_TCK")
+# --flood callers: name -> stake. The flooder and the first steady validator have equal stake, the second twice it.
+FLOOD_CALLERS = {"Flooder": 1000, "Steady": 1000, "Steady2x": 2000}
+SPEED_FLAGS = ["--neuron.queue_size", "256", "--neuron.request_timeout", "300", "--blacklist.rate_limit", "100000000"]
 
 
 def cpu_seconds(pid: int, tid: int | None = None) -> float:
@@ -82,7 +95,7 @@ def serve_baseline(port: int, hotkey: str) -> None:
                              nonce_store=nonces)
         except http_auth.AuthError as e:
             raise HTTPException(401, str(e)) from None
-        ImageSynapse.model_validate_json(body)
+        DetectRequest.model_validate_json(body)
         return Response(b'{"prediction":0.5,"detector":"baseline","version":"0"}', media_type="application/json",
                         headers={"X-Model-Ms": "0", "X-Batch-Size": "1"})
 
@@ -93,15 +106,14 @@ def serve_baseline(port: int, hotkey: str) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-def start_miner(args, detector: str, root: Path, db: Path, env: dict) -> tuple[subprocess.Popen, str, Path]:
+def start_miner(args, detector: str, root: Path, db: Path, env: dict,
+                serving: list[str]) -> tuple[subprocess.Popen, str, Path]:
     port, log = free_port(), root / f"miner-{detector}.log"
     cmd = [sys.executable, str(ROOT / "neurons" / "miner.py"), "--netuid", "1", "--subtensor.network", f"devnet:{db}",
            "--wallet.name", "miner", "--wallet.hotkey", "default", "--wallet.path", str(root / "wallets"),
            "--axon.ip", "127.0.0.1", "--axon.port", str(port), "--neuron.detector", detector,
            "--neuron.device", args.device, "--neuron.input_size", str(args.input_size),
-           "--neuron.threads", str(args.threads), "--neuron.max_batch_size", str(args.max_batch_size),
-           "--neuron.queue_size", "256", "--neuron.request_timeout", "300", "--blacklist.rate_limit", "100000000",
-           "--logging.level", "WARNING"]
+           "--neuron.threads", str(args.threads), *serving, "--logging.level", "WARNING"]
     if detector == "baseline":
         cmd = [sys.executable, __file__, "--serve-baseline", str(port), env["BENCH_RECEIVER"]]
     if args.pin:
@@ -170,6 +182,128 @@ def measure(args, proc, url: str, body: bytes, signer, receiver: str, callers: i
             "event_loop_cpu_ms_per_req": round(loop, 3), "model_threads_cpu_ms_per_req": round(total - loop, 3)}
 
 
+# ---------------------------------------------------------------- --flood: fairness under one validator's flood
+async def flood_run(args, url: str, body: bytes, receiver: str) -> dict:
+    """The flood and the steady callers; returns {caller: [(outcome, latency s)]}, outcome an HTTP status or a
+    client-side failure ("timeout", "invalid" answer, a connection error's name)."""
+    signers = {name: Keypair.create_from_uri(f"//{name}") for name in FLOOD_CALLERS}
+    outcomes: dict[str, list] = {name: [] for name in FLOOD_CALLERS}
+    timeout = aiohttp.ClientTimeout(total=args.timeout)
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=3)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def call(name: str) -> None:
+            headers = http_auth.sign(signers[name], method="POST", path=DETECT_PATH, body=body, receiver_ss58=receiver)
+            headers.update({"Content-Type": "application/json", DEADLINE_HEADER: f"{args.timeout:g}"})
+            start = time.perf_counter()
+            try:
+                async with session.post(url + DETECT_PATH, data=body, headers=headers, timeout=timeout) as r:
+                    status, raw = r.status, await r.read()
+                outcome = status if status != 200 or parse_detect_answer(status, raw)[2] is None else "invalid"
+            except asyncio.TimeoutError:
+                outcome = "timeout"
+            except aiohttp.ClientError as e:
+                outcome = type(e).__name__
+            outcomes[name].append((outcome, time.perf_counter() - start))
+
+        left = args.flood_requests
+
+        async def flood_connection():  # closed loop, no back-off: the next request as soon as one is answered
+            nonlocal left
+            while left > 0:
+                left -= 1
+                await call("Flooder")
+
+        async def steady(name: str, done: asyncio.Event):  # open loop: one request a second, answered or not
+            pending = []
+            while not done.is_set():
+                pending.append(asyncio.ensure_future(call(name)))
+                try:
+                    await asyncio.wait_for(done.wait(), 1.0)
+                except asyncio.TimeoutError:
+                    pass
+            await asyncio.gather(*pending)
+
+        done = asyncio.Event()
+        steadies = [asyncio.ensure_future(steady(name, done)) for name in FLOOD_CALLERS if name != "Flooder"]
+        start = time.perf_counter()
+        await asyncio.gather(*(flood_connection() for _ in range(args.flood_connections)))
+        flood_seconds = time.perf_counter() - start
+        done.set()
+        await asyncio.gather(*steadies)
+    return {"outcomes": outcomes, "flood_seconds": flood_seconds}
+
+
+def flood_rows(outcomes: dict, timeout: float) -> list[dict]:
+    rows = []
+    for name, calls in outcomes.items():
+        ok = sum(1 for outcome, latency in calls if outcome == 200 and latency <= timeout)
+        other: dict[str, int] = {}
+        for outcome, latency in calls:
+            key = f"{outcome} (late)" if outcome == 200 and latency > timeout else str(outcome)
+            if key != "200":
+                other[key] = other.get(key, 0) + 1
+        latencies = [latency for _, latency in calls] or [0.0]
+        rows.append({"caller": name, "stake": FLOOD_CALLERS[name], "sent": len(calls), "ok_in_time": ok,
+                     "other": dict(sorted(other.items())), "latency_ms": percentiles(latencies, (50, 95))})
+    return rows
+
+
+def miner_samples(url: str, prefixes: tuple[str, ...]) -> dict:
+    text = httpx.get(url + "/metrics", timeout=10).text
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line.startswith(prefixes)}
+
+
+def run_flood(args, root: Path, env: dict, receiver: str, devnet) -> int:
+    for name, stake in FLOOD_CALLERS.items():
+        devnet.register(Keypair.create_from_uri(f"//{name}").ss58_address, stake=stake, validator_permit=True)
+    body = json.dumps({"image": challenge()}).encode()
+    detector = args.detectors.split(",")[-1]  # the default list ends with npr, the detector miners serve
+    serving = ["--blacklist.rate_limit", str(args.rate_limit)]  # everything else: the miner's defaults
+    if args.max_batch_size:
+        serving += ["--neuron.max_batch_size", str(args.max_batch_size)]
+    load_at_start = os.getloadavg()
+    proc, url, log = start_miner(args, detector, root, root / "dev.db", env, serving)
+    try:
+        run = asyncio.run(flood_run(args, url, body, receiver))
+        counters = miner_samples(url, ("bitmind_miner_requests_dropped_total", "bitmind_miner_batch_size_sum",
+                                       "bitmind_miner_batch_size_count", "bitmind_miner_seconds_per_image"))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    rows = flood_rows(run["outcomes"], args.timeout)
+    others = [r for r in rows if r["caller"] != "Flooder"]
+    fairness = sum(r["ok_in_time"] for r in others) / max(1, sum(r["sent"] for r in others))
+    report = {"bench": "miner-flood", "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                          "load_avg_at_start": load_at_start, "load_avg_at_end": os.getloadavg()},
+              "config": {"detector": detector, "input_size": args.input_size, "device": args.device,
+                         "threads": args.threads, "max_batch_size": args.max_batch_size or "default",
+                         "rate_limit": args.rate_limit,
+                         "timeout": args.timeout, "flood_requests": args.flood_requests,
+                         "flood_connections": args.flood_connections},
+              "flood_seconds": round(run["flood_seconds"], 2), "rows": rows, "miner_metrics": counters,
+              "fairness": round(fairness, 4), "goal": 0.95, "goal_met": fairness >= 0.95}
+    out = Path(args.json if args.json != DEFAULT_JSON else ROOT / "bench" / "results" / "miner_flood.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    shutil.rmtree(root, ignore_errors=True)
+
+    print("| caller | stake | sent | 200 in time | other | p50 s | p95 s |\n|---|---|---|---|---|---|---|")
+    for r in rows:
+        other = ", ".join(f"{k}: {v}" for k, v in r["other"].items()) or "-"
+        print(f"| {r['caller']} | {r['stake']} | {r['sent']} | {r['ok_in_time']} | {other} | "
+              f"{r['latency_ms']['p50'] / 1000:.2f} | {r['latency_ms']['p95'] / 1000:.2f} |")
+    batches = counters.get("bitmind_miner_batch_size_count", 0)
+    print(f"flood of {args.flood_requests} requests over {args.flood_connections} connections lasted "
+          f"{run['flood_seconds']:.1f} s; mean batch {counters.get('bitmind_miner_batch_size_sum', 0) / max(1, batches):.1f}; "
+          f"miner dropped: {json.dumps({k: v for k, v in counters.items() if 'dropped' in k})}")
+    print(f"fairness: {fairness:.1%} of the other validators' requests answered 200 inside {args.timeout:g} s "
+          f"(goal >= 95%: {'met' if fairness >= 0.95 else 'NOT met'})")
+    print(f"load average (1 min) at start {load_at_start[0]:.2f}, at end {os.getloadavg()[0]:.2f}; json: {out}")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--detectors", default="baseline,random,npr",
@@ -180,9 +314,14 @@ def main(argv=None) -> int:
     p.add_argument("--input-size", type=int, default=256)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads in the miner (0 = default)")
-    p.add_argument("--max-batch-size", type=int, default=32)
+    p.add_argument("--max-batch-size", type=int, default=None, help="default 32; --flood: the miner's default")
     p.add_argument("--pin", action="store_true", help="miner on CPU 0, this client on CPU 1 (as the transport bench)")
-    p.add_argument("--json", default=str(ROOT / "bench" / "results" / "miner.json"))
+    p.add_argument("--json", default=DEFAULT_JSON, help="results file (--flood: bench/results/miner_flood.json)")
+    p.add_argument("--flood", action="store_true", help="fairness under one validator's flood (see above)")
+    p.add_argument("--flood-requests", type=int, default=500, help="requests the flooder sends")
+    p.add_argument("--flood-connections", type=int, default=32, help="the flooder's concurrent connections")
+    p.add_argument("--timeout", type=float, default=9.0, help="--flood: the validators' timeout (deadline header)")
+    p.add_argument("--rate-limit", type=int, default=120, help="--flood: the miner's per-caller requests per minute")
     p.add_argument("--serve-baseline", nargs=2, metavar=("PORT", "HOTKEY"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve_baseline:
@@ -198,6 +337,8 @@ def main(argv=None) -> int:
     receiver = create_wallet("miner", "default", str(root / "wallets")).hotkey.ss58_address
     devnet.register(receiver)
     env["BENCH_RECEIVER"] = receiver
+    if args.flood:
+        return run_flood(args, root, env, receiver, devnet)
     signer = Keypair.create_from_uri("//Alice")  # the cached Keypair: ~35 us per signature
     devnet.register(signer.ss58_address, stake=1000, validator_permit=True)
     image = challenge()
@@ -205,7 +346,8 @@ def main(argv=None) -> int:
 
     results = []
     for detector in args.detectors.split(","):
-        proc, url, log = start_miner(args, detector, root, root / "dev.db", env)
+        proc, url, log = start_miner(args, detector, root, root / "dev.db", env,
+                                     [*SPEED_FLAGS, "--neuron.max_batch_size", str(args.max_batch_size or 32)])
         try:
             for callers in (int(c) for c in args.callers.split(",")):
                 row = {"detector": detector, **measure(args, proc, url, body, signer, receiver, callers)}

@@ -1,7 +1,8 @@
 """Shared by the miner tests: a devnet subnet with validators, miner processes, signing and polling helpers.
 
 Real everything: bittensor keypairs sign btauth/1 requests, the devnet chain holds the metagraph, and miners run as
-`neurons/miner.py` processes on 127.0.0.1.
+`neurons/miner.py` processes on 127.0.0.1 (or, where a test needs a scripted detector, as an in-process uvicorn
+server on a real socket: `in_process_miner`).
 """
 import json
 import os
@@ -9,7 +10,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,13 +20,16 @@ import httpx
 import numpy as np
 import pytest
 import torch
+import uvicorn
 from bittensor import http_auth
 from bittensor.sp_core import CRYPTO_ED25519, Keypair
 from PIL import Image
 
-from bitmind_lite.chain import Devnet, create_wallet
+from bitmind_lite.chain import Chain, Devnet, connect, create_wallet
+from bitmind_lite.config import MinerConfig
 from bitmind_lite.detectors import NPRNet, create_detector
 from bitmind_lite.detectors.base import weights_fingerprint
+from bitmind_lite.miner import MinerService, create_app
 from bitmind_lite.protocol import DETECT_PATH, decode_image, encode_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,6 +156,25 @@ def stop(node) -> None:
             node.proc.wait()
 
 
+
+@contextmanager
+def in_process_miner(subnet, detector, **neuron):
+    """A MinerService with `detector` behind uvicorn on 127.0.0.1, in a thread; `neuron` overrides config."""
+    cfg = MinerConfig.model_validate({"netuid": 1, "neuron": neuron})
+    service = MinerService(cfg, subnet.hotkey, detector, Chain(connect(f"devnet:{subnet.db}"), netuid=1))
+    assert service.sync()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    node = SimpleNamespace(url=f"http://127.0.0.1:{sock.getsockname()[1]}", hotkey=subnet.hotkey, service=service)
+    try:
+        wait_for(lambda: server.started, 30, "the in-process server")
+        yield node
+    finally:
+        server.should_exit = True
+        thread.join(30)
 
 
 def refused(port: int) -> bool:

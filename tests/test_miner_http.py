@@ -1,5 +1,6 @@
 """The miner over real HTTP on 127.0.0.1, one miner process (npr on 64 px crops, random weights) on a devnet:
-signed requests, authentication (401), gatekeeping (403/429), limits (413/415/400), batching and hot reload.
+signed requests, authentication (401), gatekeeping (403/429), limits (413/415/400), error kinds, a client that
+disconnects mid-body, batching and hot reload.
 """
 import asyncio
 import base64
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bitmind_lite.protocol import DETECT_PATH, MAX_BODY_BYTES, encode_image
+from bitmind_lite.protocol import DETECT_PATH, MAX_BODY_BYTES, ErrorKind, encode_image
 from miner_support import (ED25519, MIN_STAKE, RATE_LIMIT, SIZE, body_of, expected, keypair, log_text, metric, post,
                            sample_image, save_weights, sign, start_miner, stop, subnet, wait_for)  # noqa: F401
 
@@ -27,7 +28,7 @@ def miner(subnet):
     node = start_miner(subnet, "miner", "--neuron.detector", "npr", "--neuron.input_size", str(SIZE),
                        "--neuron.weights", str(weights), "--neuron.watch_interval", "0.2",
                        "--neuron.max_wait_ms", "25", "--blacklist.min_stake", str(MIN_STAKE),
-                       "--blacklist.rate_limit", str(RATE_LIMIT))
+                       "--blacklist.rate_limit", str(RATE_LIMIT), "--neuron.openapi")  # off by default
     node.weights, node.version = weights, version
     yield node
     stop(node)
@@ -51,12 +52,14 @@ def test_health_metrics_and_openapi(miner, subnet):
     assert health == {"status": "ok", "hotkey": subnet.hotkey, "detector": "npr", "version": miner.version,
                       "uid": subnet.uid, "block": health["block"]}
     text = httpx.get(miner.url + "/metrics").text
-    assert metric(miner, "miner_model_load_seconds") > 0
-    assert "miner_request_seconds_bucket" in text and "miner_batch_size_bucket" in text
-    assert f'miner_detector_info{{detector="npr",version="{miner.version}"}} 1' in text
+    assert metric(miner, "bitmind_miner_model_load_seconds") > 0
+    assert "bitmind_miner_request_seconds_bucket" in text and "bitmind_miner_batch_size_bucket" in text
+    assert f'bitmind_miner_detector_info{{detector="npr",version="{miner.version}"}} 1.0' in text
     spec = httpx.get(miner.url + "/openapi.json").json()["paths"][DETECT_PATH]["post"]
-    assert spec["requestBody"]["content"]["application/json"]["schema"]["title"] == "ImageSynapse"
+    assert spec["requestBody"]["content"]["application/json"]["schema"]["title"] == "DetectRequest"
     assert {"401", "403", "413", "429"} <= set(spec["responses"])
+    for kind in ErrorKind:  # the error table is ErrorKind's, so it cannot drift from what the handler answers
+        assert spec["responses"][str(kind.status)]["description"] == kind.description
 
 
 # ---------------------------------------------------------------- authentication: 401
@@ -179,7 +182,7 @@ def gif() -> str:
 
 
 @pytest.mark.parametrize("body, status, message", [
-    (b"not json", 400, "body is not an ImageSynapse"),
+    (b"not json", 400, "body is not a DetectRequest"),
     (b'{"image": "aGk=", "secret": 1}', 400, "secret: Extra inputs are not permitted"),
     (body_of("@@@ not base64 @@@"), 400, "not valid base64"),
     (body_of(b64(b"hello, I am text")), 415, "not a JPEG, PNG or WebP"),
@@ -194,13 +197,42 @@ def test_bad_bodies_get_a_clear_status(miner, body, status, message):
     assert r.status_code == status and message in r.json()["detail"], r.text
 
 
+@pytest.mark.parametrize("name, body, kind", [
+    ("unsigned", body_of(sample_image(6)), ErrorKind.unauthorized),
+    ("Bob", body_of(sample_image(6)), ErrorKind.forbidden),
+    ("Alice", b"not json", ErrorKind.malformed),
+    ("Alice", body_of(b64(b"hello, I am text")), ErrorKind.unsupported),
+    ("Alice", body_of(b64(png_claiming(30000, 30000))), ErrorKind.too_large),
+])
+def test_refusals_carry_their_kind_and_its_status(miner, name, body, kind):
+    if name == "unsigned":
+        r = httpx.post(miner.url + DETECT_PATH, content=body)
+    else:
+        r = post(miner, keypair(name), body)
+    assert r.status_code == kind.status, r.text
+    assert set(r.json()) == {"detail", "kind"} and r.json()["kind"] == kind.value and r.json()["detail"]
+
+
+def test_client_that_disconnects_mid_body_is_one_warning_line(miner):
+    seen = len(miner.log.read_text())
+    head = f"POST {DETECT_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", miner.port), timeout=30) as s:
+        s.sendall(head.encode() + b"{" * 100)  # 100 of the 5000 bytes promised, then gone
+    wait_for(lambda: "disconnected after 100 of 5000 body bytes" in miner.log.read_text()[seen:], 30,
+             "the disconnect to be logged", log=miner.log)
+    time.sleep(0.5)  # anything else the disconnect writes (a traceback, say) would be there by now
+    new = [line for line in miner.log.read_text()[seen:].splitlines() if line.strip()]
+    assert len(new) == 1 and "WARNING" in new[0], "\n".join(new[:40])
+    assert post(miner, keypair("Alice"), body_of(sample_image(8))).status_code == 200  # and the miner serves on
+
+
 # ---------------------------------------------------------------- batching
 def test_concurrent_callers_are_batched_and_each_gets_its_own_answer(miner):
     images = [sample_image(100 + i) for i in range(8)]
     want = expected(miner.weights, images)
     assert min(abs(a - b) for i, a in enumerate(want) for b in want[i + 1:]) > 1e-4  # answers are tellable apart
-    batches_before = metric(miner, "miner_batch_size_count")
-    images_before = metric(miner, "miner_batch_size_sum")
+    batches_before = metric(miner, "bitmind_miner_batch_size_count")
+    images_before = metric(miner, "bitmind_miner_batch_size_sum")
 
     async def call_all():
         async with httpx.AsyncClient(timeout=60) as client:
@@ -214,8 +246,8 @@ def test_concurrent_callers_are_batched_and_each_gets_its_own_answer(miner):
     responses = asyncio.run(call_all())
     assert [r.status_code for r in responses] == [200] * 8
     assert [r.json()["prediction"] for r in responses] == pytest.approx(want, abs=1e-5)
-    batches = metric(miner, "miner_batch_size_count") - batches_before
-    assert metric(miner, "miner_batch_size_sum") - images_before == 8
+    batches = metric(miner, "bitmind_miner_batch_size_count") - batches_before
+    assert metric(miner, "bitmind_miner_batch_size_sum") - images_before == 8
     assert batches < 8 and max(int(r.headers["X-Batch-Size"]) for r in responses) > 1
 
 
@@ -232,7 +264,7 @@ def test_hot_reload_swaps_weights_and_rejects_a_corrupt_file(miner):
     tmp = miner.weights.with_name("partial.tmp")
     tmp.write_bytes(good[: len(good) // 2])  # a half-copied checkpoint
     os.replace(tmp, miner.weights)
-    rejected = 'miner_weight_reloads_total{result="rejected"}'
+    rejected = 'bitmind_miner_weight_reloads_total{result="rejected"}'
     wait_for(lambda: metric(miner, rejected) == 1, 30, "the rejection", log=miner.log)
     assert httpx.get(miner.url + "/health").json()["version"] == new_version  # the old model keeps serving
     r = post(miner, keypair("Ferdie"), body_of(image))

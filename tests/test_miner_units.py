@@ -190,7 +190,7 @@ def test_full_queue_serves_higher_stake_first():
         await asyncio.sleep(0.05)  # the model holds `busy`; the queue is empty again
         low1, low2 = submit("low1", 1), submit("low2", 2)
         with pytest.raises(QueueFull):
-            batcher.submit(image(4), priority=1)  # the queue is full of requests at least as important
+            batcher.submit(image(4), stake=1)  # the queue is full of requests at least as important
         high = submit("high", 100)  # displaces the lowest-stake waiting request
         results = await asyncio.gather(busy, low1, low2, high, return_exceptions=True)
         await batcher.stop()
@@ -209,9 +209,9 @@ def test_metrics_text_format():
     m.set_detector("npr", "abc")
     m.set_detector("npr", "def")  # a reload replaces the info series instead of adding one
     text = m.render()
-    assert 'miner_requests_total{status="200"} 1' in text and 'miner_requests_total{status="401"} 1' in text
-    assert 'miner_request_seconds_bucket{le="0.001"} 1' in text and 'miner_request_seconds_bucket{le="0.005"} 2' in text
-    assert 'miner_request_seconds_bucket{le="+Inf"} 2' in text and "miner_request_seconds_count 2" in text
-    assert 'miner_batch_size_bucket{le="2"} 0' in text and 'miner_batch_size_bucket{le="4"} 1' in text
-    assert 'miner_detector_info{detector="npr",version="def"} 1' in text and 'version="abc"' not in text
-    assert "# TYPE miner_batch_size histogram" in text and "# TYPE miner_requests_total counter" in text
+    assert 'bitmind_miner_requests_total{status="200"} 1.0' in text and 'bitmind_miner_requests_total{status="401"} 1.0' in text
+    assert 'bitmind_miner_request_seconds_bucket{le="0.001"} 1.0' in text and 'bitmind_miner_request_seconds_bucket{le="0.005"} 2.0' in text
+    assert 'bitmind_miner_request_seconds_bucket{le="+Inf"} 2.0' in text and "bitmind_miner_request_seconds_count 2.0" in text
+    assert 'bitmind_miner_batch_size_bucket{le="2.0"} 0.0' in text and 'bitmind_miner_batch_size_bucket{le="4.0"} 1.0' in text
+    assert 'bitmind_miner_detector_info{detector="npr",version="def"} 1.0' in text and 'version="abc"' not in text
+    assert "# TYPE bitmind_miner_batch_size histogram" in text and "# TYPE bitmind_miner_requests_total counter" in text

@@ -3,6 +3,10 @@
 The gate runs after authentication, so the hotkey it sees is proven, and a forged hotkey can neither pass nor spend
 a real validator's rate budget. It only reads the last metagraph snapshot (the service refreshes it in the
 background), so a request never waits for the chain.
+
+`Rejection` is the miner's one refusal type, whoever refuses (gate, batcher, HTTP layer): an `ErrorKind` (which
+carries the HTTP status), a message safe to show the caller, and an optional Retry-After. The app turns it into
+`{"detail", "kind"}` in one exception handler.
 """
 from __future__ import annotations
 
@@ -11,14 +15,24 @@ import time
 from typing import Callable, Optional
 
 from bitmind_lite.config import BlacklistConfig
+from bitmind_lite.protocol import ErrorKind
 
 
 class Rejection(Exception):
-    """A request the miner refuses: `status` is the HTTP status, `retry_after` (seconds) goes into Retry-After."""
+    """A request the miner refuses: `kind` says why (and so the HTTP status), `retry_after` (seconds) goes into
+    Retry-After. Subclasses fix the kind for one cause (see batcher.py)."""
 
-    def __init__(self, status: int, message: str, retry_after: Optional[float] = None):
+    kind: ErrorKind = ErrorKind.malformed
+
+    def __init__(self, message: str, kind: Optional[ErrorKind] = None, retry_after: Optional[float] = None):
         super().__init__(message)
-        self.status, self.message, self.retry_after = status, message, retry_after
+        self.message, self.retry_after = message, retry_after
+        if kind is not None:
+            self.kind = kind
+
+    @property
+    def status(self) -> int:
+        return self.kind.status
 
 
 class RateLimiter:
@@ -51,7 +65,8 @@ class RateLimiter:
 
 
 class Gate:
-    """Admits authenticated callers by the metagraph. `admit` returns the caller's stake (its queue priority)."""
+    """Admits authenticated callers by the metagraph. `admit` returns the caller's stake (its weight in the fair
+    queue)."""
 
     def __init__(self, cfg: BlacklistConfig, clock: Callable[[], float] = time.monotonic):
         self.cfg = cfg
@@ -70,23 +85,24 @@ class Gate:
     def admit(self, hotkey: str) -> float:
         cfg = self.cfg
         if self.snapshot is None and not cfg.allow_non_registered:
-            raise Rejection(503, "the miner has not loaded the metagraph yet; retry shortly", retry_after=5)
+            raise Rejection("the miner has not loaded the metagraph yet; retry shortly", ErrorKind.unavailable,
+                            retry_after=5)
         # Membership first: unknown hotkeys are a normal answer here, never an exception from an index lookup.
         neuron = self._neurons.get(hotkey)
         if neuron is None:
             if not cfg.allow_non_registered:
                 netuid = self.snapshot.netuid
-                raise Rejection(403, f"hotkey {hotkey} is not registered on subnet {netuid}")
+                raise Rejection(f"hotkey {hotkey} is not registered on subnet {netuid}", ErrorKind.forbidden)
             stake = 0.0
         else:
             if cfg.force_validator_permit and not neuron.validator_permit:
-                raise Rejection(403, f"hotkey {hotkey} (uid {neuron.uid}) has no validator permit")
+                raise Rejection(f"hotkey {hotkey} (uid {neuron.uid}) has no validator permit", ErrorKind.forbidden)
             stake = float(neuron.stake)
             if stake < cfg.min_stake:
-                raise Rejection(403, f"hotkey {hotkey} (uid {neuron.uid}) has stake {stake:g}, "
-                                     f"below the minimum {cfg.min_stake:g}")
+                raise Rejection(f"hotkey {hotkey} (uid {neuron.uid}) has stake {stake:g}, below the minimum "
+                                f"{cfg.min_stake:g}", ErrorKind.forbidden)
         wait = self.limiter.acquire(hotkey)
         if wait > 0:
-            raise Rejection(429, f"rate limit exceeded: at most {cfg.rate_limit} requests per minute per caller",
-                            retry_after=math.ceil(wait))
+            raise Rejection(f"rate limit exceeded: at most {cfg.rate_limit} requests per minute per caller",
+                            ErrorKind.rate_limited, retry_after=math.ceil(wait))
         return stake

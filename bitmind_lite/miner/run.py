@@ -1,8 +1,10 @@
 """Start a miner: `python neurons/miner.py [flags]` or `bitmind-lite miner [flags]` (flags: --help).
 
-Start-up order: config -> logging -> hotkey -> detector (loaded once) -> chain (first metagraph, endpoint published
-when it changed) -> uvicorn. SIGTERM/SIGINT stop accepting connections, let in-flight requests finish for
---axon.shutdown_timeout seconds, answer what is queued, and exit 0.
+Start-up order: config -> logging (INFO to stdout, problems to stderr) -> the port (bound now, so a port in use is an
+error before anything heavy) -> hotkey -> chain -> detector (loaded once) -> first metagraph (endpoint published when
+it changed) -> uvicorn on the bound socket. SIGTERM/SIGINT stop accepting connections, let in-flight requests finish
+for --axon.shutdown_timeout seconds, answer what is queued, and exit 0. Exit status 2 (EXIT_CONFIG) means a setting,
+the keys or the weights need fixing: pm2 leaves the app stopped (setup/ecosystem.config.js).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from loguru import logger
 from PIL import Image
 
 from bitmind_lite.chain import Chain, load_wallet
-from bitmind_lite.config import MinerConfig, dump_config, load_config
+from bitmind_lite.config import MinerConfig, describe_sources, dump_config, load_config, reserve_port
 from bitmind_lite.detectors import create_detector
 from bitmind_lite.log import setup_logging
 from bitmind_lite.miner.app import create_app
@@ -29,6 +31,8 @@ EXIT_CONFIG = 2  # bad settings, missing keys or weights: restarting will not he
 # first; a server closing at the moment a client reuses the connection is what fails requests with
 # "Server disconnected" (see the transport benchmark). uvicorn's default is 5 s.
 KEEP_ALIVE_S = 20
+# What a start-up line says about where the settings came from: which chain, which keys, which address.
+KEY_SETTINGS = ("subtensor.network", "netuid", "wallet.name", "wallet.hotkey", "axon.ip", "axon.port")
 
 
 def build_detector(cfg: MinerConfig):
@@ -52,7 +56,19 @@ def _exit_cleanly(signum, frame):
 def run_miner(cfg: MinerConfig) -> int:
     setup_logging(cfg.logging.level, cfg.logging.logging_dir, name="miner")
     logger.info("bitmind-lite miner starting with\n" + dump_config(cfg))
+    logger.log(*describe_sources(cfg, KEY_SETTINGS))
+    try:  # held from here on and handed to uvicorn: nobody can take the port while the model loads
+        listener = reserve_port(cfg.axon.ip, cfg.axon.port, "axon.ip", "axon.port")
+    except ValueError as e:
+        logger.error(str(e))
+        return EXIT_CONFIG
+    try:
+        return _serve(cfg, listener)
+    finally:
+        listener.close()
 
+
+def _serve(cfg: MinerConfig, listener) -> int:
     try:
         keypair = load_wallet(cfg.wallet.name, cfg.wallet.hotkey, cfg.wallet.path).hotkey  # cached: sign/verify fast
     except Exception as e:
@@ -65,7 +81,10 @@ def run_miner(cfg: MinerConfig) -> int:
         return EXIT_CONFIG
     try:
         detector, load_seconds = build_detector(cfg)
-    except (ValueError, FileNotFoundError, RuntimeError, TypeError) as e:
+    except (ValueError, FileNotFoundError) as e:  # CheckpointError is a ValueError: its message says it all
+        logger.error(f"cannot load detector {cfg.neuron.detector!r}: {e}")
+        return EXIT_CONFIG
+    except (RuntimeError, TypeError) as e:
         logger.error(f"cannot load detector {cfg.neuron.detector!r}: {type(e).__name__}: {e}")
         return EXIT_CONFIG
     weights = getattr(detector, "weights_path", None)
@@ -96,7 +115,7 @@ def run_miner(cfg: MinerConfig) -> int:
     fast = [name for name in ("uvloop", "httptools") if importlib.util.find_spec(name)]
     logger.info(f"miner {keypair.ss58_address} starting HTTP on http://{cfg.axon.ip}:{cfg.axon.port} "
                 f"({' + '.join(fast) if fast else 'asyncio + h11; pip install uvloop httptools for less CPU'})")
-    server.run()
+    server.run(sockets=[listener])
     return 0 if server.started else 1
 
 

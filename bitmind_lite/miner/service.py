@@ -1,5 +1,6 @@
 """The miner's moving parts and background work: metagraph refresh, registration check, endpoint publishing,
-weights hot-swap. The HTTP layer (app.py) only reads from a `MinerService`; `run.py` builds one and serves it.
+weights hot-swap, and /metrics on its own address when --neuron.metrics_address is set. The HTTP layer (app.py)
+only reads from a `MinerService`; `run.py` builds one and serves it.
 
 Chain calls block, so they run in a worker thread and a request never waits for them; a failed refresh keeps the
 last snapshot and is retried.
@@ -49,7 +50,9 @@ class MinerService:
         self._registered: Optional[bool] = None  # None until the first snapshot
         self._last_publish = -float("inf")
         self._tasks: list[asyncio.Task] = []
+        self._metrics_server = None  # the aiohttp runner behind --neuron.metrics_address
         self.metrics.set_detector(detector.name, detector.version)
+        self.metrics.queue_depth.set_function(self.batcher.queued)  # exact at every scrape, on either address
 
     @property
     def endpoint(self) -> Optional[tuple[str, int]]:
@@ -59,7 +62,18 @@ class MinerService:
 
     # ---- lifecycle: the app's lifespan calls these on the serving loop ----
     async def start(self) -> None:
+        address = self.cfg.neuron.metrics_address
+        if address:  # first: an address in use fails the start before the model is warmed up
+            host, _, port = address.rpartition(":")
+            host = host.strip("[]")  # [::1]:9100
+            try:
+                self._metrics_server = await self.metrics.serve(host, int(port))
+            except OSError as e:
+                raise RuntimeError(f"cannot serve /metrics on {address} (--neuron.metrics_address / "
+                                   f"NEURON_METRICS_ADDRESS): {e.strerror or e}") from None
+            logger.info(f"Prometheus metrics on http://{address}/metrics (not on the public port)")
         self.batcher.start()
+        await self.batcher.calibrate()  # before the first request: batch sizes need the model's speed
         self._tasks = [asyncio.create_task(self._sync_forever(), name="metagraph-sync"),
                        asyncio.create_task(self._watch_weights(), name="weights-watch")]
 
@@ -68,6 +82,8 @@ class MinerService:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.batcher.stop()
+        if self._metrics_server is not None:
+            await self._metrics_server.cleanup()
         try:
             await asyncio.to_thread(self.chain.close)
         except Exception as e:  # closing a dead connection must not hide a clean shutdown
