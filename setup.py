@@ -29,6 +29,7 @@ CORE = [
     "tqdm>=4.66",
     "tensorboard>=2.15",
     "python-dotenv>=1.0",
+    "prometheus-client>=0.20",
     # Runs the pretrained generator zoo (Real-CUGAN, waifu2x, SRMD, SPAN) on the CPU; see bitmind_lite/data/ncnn_zoo.py.
     "ncnn>=1.0.20240410",
 ]
@@ -45,8 +46,13 @@ setup(
     long_description=(ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["bitmind_lite", "bitmind_lite.*", "base_miner", "base_miner.*"]),
-    package_data={"bitmind_lite": ["data/*.json"]},
+    # weights/ ships inside the wheel as bitmind_lite/weights (detectors/checkpoint.py finds it there), so an
+    # installed node never runs an untrained detector; a source checkout reads the repository's weights/.
+    packages=find_packages(include=["bitmind_lite", "bitmind_lite.*", "base_miner", "base_miner.*"])
+    + ["bitmind_lite.weights"],
+    package_dir={"bitmind_lite.weights": "weights"},
+    package_data={"bitmind_lite": ["data/*.json"],
+                  "bitmind_lite.weights": ["*.pth", "*.calib.json", "*.int8.onnx", "*.md"]},
     install_requires=CORE,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["bitmind-lite=bitmind_lite.cli:main"]},

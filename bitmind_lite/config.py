@@ -2,17 +2,24 @@
 
 Sections become subnet-style flags: `MinerConfig.neuron.device` is `--neuron.device` on the command line and
 `NEURON_DEVICE` in the environment or a `.env` file; top-level fields are `--netuid` / `NETUID`.
-Precedence: command line > environment > `.env` file > defaults. Bad values exit with a message naming the flag.
+Precedence: command line > environment > `.env` file > defaults. A bad value exits with status 2 and a message naming
+where it came from: the flag, the environment variable, or the line of the `.env` file. bittensor's
+`--logging.debug` / `--logging.trace` / `--logging.info` are accepted as `--logging.level`.
+`describe_sources` is the start-up line that says which `.env` file was read (or looked for) and where the settings
+that decide the network, the keys and the address came from, so running on defaults is never silent.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import socket
 import sys
+from dataclasses import dataclass, field as dataclass_field
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence, Type, TypeVar, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -32,8 +39,23 @@ class WalletConfig(Section):
 
 
 class LoggingConfig(Section):
-    level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR"] = "INFO"
+    level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR"] = Field(
+        "INFO", description="any case; --logging.debug / --logging.trace / --logging.info also set it")
     logging_dir: Optional[str] = Field(None, description="also write rotating log files here")
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _any_case(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where a loaded configuration came from (set by `load_config`, reported by `describe_sources`)."""
+
+    env_file: Optional[Path] = None  # the .env file that was read
+    looked_for: Optional[Path] = None  # the default .env file, when it was not there
+    origins: dict[str, str] = dataclass_field(default_factory=dict)  # dotted name -> flag, env var or file line
 
 
 class NodeConfig(Section):
@@ -43,6 +65,7 @@ class NodeConfig(Section):
     subtensor: SubtensorConfig = SubtensorConfig()
     wallet: WalletConfig = WalletConfig()
     logging: LoggingConfig = LoggingConfig()
+    _sources: Sources = PrivateAttr(default_factory=Sources)
 
 
 # ---- miner (bitmind_lite/miner) ----
@@ -57,10 +80,24 @@ class MinerNeuronConfig(Section):
     max_wait_ms: float = Field(0.0, ge=0, le=1000,
                                description="extra wait to fill a batch (0 = batch whatever queued while the model ran)")
     queue_size: int = Field(64, ge=1, description="pending requests before new ones get 503")
-    request_timeout: float = Field(10.0, gt=0, description="seconds before a request answers 500")
+    request_timeout: float = Field(10.0, gt=0, description="longest a request waits for its answer; the caller's X-Bitmind-Timeout header is capped by it; then 504")
     sync_interval: float = Field(60.0, gt=0, description="seconds between background metagraph refreshes")
     watch_weights: bool = Field(True, description="hot-swap the weights file when it changes")
     watch_interval: float = Field(5.0, gt=0, description="seconds between checks of the weights file")
+    openapi: bool = Field(False, description="serve the API schema and docs (/openapi.json, /docs, /redoc) on the "
+                                             "public port")
+    metrics_address: str = Field("", description="HOST:PORT to serve Prometheus /metrics on instead of the public "
+                                                 "port (e.g. 127.0.0.1:9100; the public port then answers 404); empty: "
+                                                 "on the public port")
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _host_and_port(cls, value: str) -> str:
+        if value:
+            host, _, port = value.rpartition(":")
+            if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:9100), got {value!r}")
+        return value
 
 
 class AxonConfig(Section):
@@ -131,7 +168,8 @@ class ValidatorConfig(NodeConfig):
     wandb: WandbConfig = WandbConfig()
 
 
-C = TypeVar("C", bound=BaseModel)
+C = TypeVar("C", bound=NodeConfig)
+BITTENSOR_LEVEL_FLAGS = ("trace", "debug", "info")  # `--logging.debug` etc., as bittensor's own nodes take them
 
 
 def _flag_items(model: Type[BaseModel], prefix: str = "") -> list[tuple[str, Any, Any]]:
@@ -171,6 +209,10 @@ def build_parser(model: Type[BaseModel], prog: str, description: str = "") -> ar
                                 metavar="true|false", help=help_text)
         else:
             parser.add_argument(f"--{dotted}", dest=dotted, default=None, help=help_text)
+        if dotted == "logging.level":
+            for level in BITTENSOR_LEVEL_FLAGS:
+                parser.add_argument(f"--logging.{level}", dest=dotted, action="store_const", const=level.upper(),
+                                    help=f"same as --logging.level {level.upper()} (bittensor's flag)")
     return parser
 
 
@@ -186,25 +228,85 @@ def load_config(model: Type[C], argv: Optional[Sequence[str]] = None, prog: str 
     parser = build_parser(model, prog)
     args = vars(parser.parse_args(argv))
     env = dict(os.environ if env is None else env)
-    env_file = args.pop("env_file") or (default_env_file if default_env_file and Path(default_env_file).is_file() else None)
+    env_file, looked_for = args.pop("env_file"), None
+    if env_file is None and default_env_file:
+        if Path(default_env_file).is_file():
+            env_file = default_env_file
+        else:
+            looked_for = Path(default_env_file).resolve()
     file_values: dict[str, str] = {}
     if env_file:
         if not Path(env_file).is_file():
             parser.error(f"--env-file {env_file}: no such file")
         file_values = _read_env_file(Path(env_file))
     tree: dict = {}
+    origins: dict[str, str] = {}  # dotted -> the flag, environment variable or .env line that set it
+    as_given: dict[str, str] = {}  # dotted -> how a bad value is quoted back, in the form the operator wrote it
     for dotted, _ann, _field in _flag_items(model):
         key = _env_name(dotted)
-        value = args.get(dotted)
-        if value is None:
-            value = env.get(key, file_values.get(key))
-        if value is not None:
-            _set_nested(tree, dotted, value)
+        if args.get(dotted) is not None:
+            value, origins[dotted] = args[dotted], f"--{dotted}"
+            as_given[dotted] = f"--{dotted} {value!r}"
+        elif key in env:
+            value, origins[dotted] = env[key], f"environment variable {key}"
+            as_given[dotted] = f"environment variable {key}={value!r}"
+        elif key in file_values:
+            value, origins[dotted] = file_values[key], f"{key} in {Path(env_file).resolve()}"
+            as_given[dotted] = f"{key}={value!r} in {Path(env_file).resolve()}"
+        else:
+            continue
+        _set_nested(tree, dotted, value)
     try:
-        return model.model_validate(tree)
+        cfg = model.model_validate(tree)
     except ValidationError as e:
-        lines = [f"--{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
+        lines = []
+        for err in e.errors():
+            dotted = ".".join(str(p) for p in err["loc"])
+            lines.append(f"{as_given.get(dotted, '--' + dotted)}: {err['msg']}")
         parser.exit(2, f"{prog}: invalid configuration\n  " + "\n  ".join(lines) + "\n")
+    cfg._sources = Sources(Path(env_file).resolve() if env_file else None, looked_for, origins)
+    return cfg
+
+
+def describe_sources(cfg: NodeConfig, keys: Sequence[str]) -> tuple[str, str]:
+    """(log level, one line): the .env file read, or the one looked for, and the values of `keys` (the settings
+    that say which network, keys and address a node uses) with where each came from. WARNING when no file was read
+    and some of them are defaults, so a node never runs as default/default on finney without saying so."""
+    src = cfg._sources
+    values = ", ".join(f"{k}={_get(cfg, k)!r} ({src.origins.get(k, 'default')})" for k in keys)
+    if src.env_file is not None:
+        return "INFO", f"settings from flags, environment and {src.env_file}: {values}"
+    if src.looked_for is not None:
+        where = (f"no .env file: looked for {src.looked_for} (copy {src.looked_for.name}.example from the repository "
+                 f"there, or pass --env-file PATH)")
+    else:
+        where = "no .env file (--env-file PATH)"
+    defaults = [k for k in keys if k not in src.origins]
+    return ("WARNING" if defaults else "INFO"), f"{where}; running with {values}"
+
+
+def reserve_port(host: str, port: int, ip_setting: str, port_setting: str) -> socket.socket:
+    """A TCP socket bound to host:port, made before anything heavy loads, so a port in use is one clear error and not
+    a crash after the model and the chain. Raises ValueError naming the settings to change (dotted names)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a port in TIME_WAIT is free
+    fix_port = f"--{port_setting} / {_env_name(port_setting)}"
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise ValueError(f"{host}:{port} is already in use (another node, or an old one still running: "
+                             f"ss -ltnp 'sport = :{port}'); stop it or choose another port with {fix_port}") from None
+        if e.errno == errno.EADDRNOTAVAIL or isinstance(e, socket.gaierror):
+            raise ValueError(f"cannot bind {host}:{port}: {host} is not an address of this machine; set "
+                             f"--{ip_setting} / {_env_name(ip_setting)} to 0.0.0.0 (every interface) or one of its "
+                             f"addresses") from None
+        if e.errno == errno.EACCES:
+            raise ValueError(f"cannot bind {host}:{port}: ports below 1024 need root; choose another with {fix_port}") \
+                from None
+        raise ValueError(f"cannot bind {host}:{port}: {e.strerror or e}") from None
+    return sock
 
 
 def dump_config(cfg: BaseModel) -> str:

@@ -1,9 +1,14 @@
-"""`bitmind-lite detect IMAGE...`: the simplest useful thing to do with the model."""
+"""`bitmind-lite detect IMAGE...`: the simplest useful thing to do with the model.
+
+Exit status: 0 every image scored; 1 some could not be read (the others are still scored); 2 bad options, unusable
+weights, or no path that is a file (checked before the model loads: `detect DIR` says to pass the files in it).
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
@@ -13,6 +18,18 @@ from bitmind_lite.log import setup_logging
 
 def _verdict(p: float, threshold: float) -> str:
     return "AI-generated" if p > threshold else "real"
+
+
+def path_problem(path: str) -> str | None:
+    """Why `path` cannot be an image file, before any model is loaded; None when it is a file."""
+    p = Path(path)
+    if p.is_dir():
+        return f"{path}: is a directory; pass the image files in it (e.g. {p / '*.jpg'})"
+    if not p.exists():
+        return f"{path}: no such file"
+    if not p.is_file():
+        return f"{path}: not a regular file"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,14 +42,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, stdout=False)  # stdout is the verdicts (and --json rows): logs stay on stderr
+    problems = [path_problem(path) for path in args.images]
+    for problem in filter(None, problems):
+        print(f"bitmind-lite detect: {problem}", file=sys.stderr)
+    images = [path for path, problem in zip(args.images, problems) if problem is None]
+    if not images:
+        return 2
     try:
         detector = create_detector(args.detector, weights=args.weights, device=args.device)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"bitmind-lite detect: {e}", file=sys.stderr)
         return 2
-    failures = 0
-    for path in args.images:
+    failures = len(args.images) - len(images)
+    for path in images:
         try:
             with Image.open(path) as im:
                 im.load()

@@ -15,10 +15,14 @@ const root = path.resolve(__dirname, "..");
 const venvPython = path.join(root, ".venv", "bin", "python");
 const python = process.env.BITMIND_PYTHON || (fs.existsSync(venvPython) ? venvPython : "python3");
 
-// Restart policy: exit status 2 means bad settings, keys or weights (the node logs which), which a restart cannot
-// fix, so pm2 leaves it stopped (`pm2 logs` shows why). Crashes restart with exponential back-off (1 s doubling to
-// 15 s); a node that keeps dying within `min_uptime` gives up after `max_restarts`. `kill_timeout` exceeds the
-// node's own graceful shutdown (--axon.shutdown_timeout, 5 s), so in-flight requests finish before any SIGKILL.
+// Restart policy: exit status 2 means bad settings, keys, weights or a port in use (the node logs which), which a
+// restart cannot fix, so pm2 shows the app "stopped" (`pm2 logs` shows why; fix it, then `pm2 restart`). Other exits
+// restart at once; a node that keeps dying within `min_uptime` gives up after `max_restarts` ("errored").
+// No `restart_delay` / `exp_backoff_restart_delay`: with either set, pm2 (checked with 7.0.4, lib/God.js handleExit)
+// marks an app that exited with a `stop_exit_codes` status "waiting restart" and never restarts it nor shows it
+// stopped (tests/test_miner_lifecycle.py checks `pm2 jlist`). `kill_timeout` exceeds the node's own graceful
+// shutdown (--axon.shutdown_timeout, 5 s), so in-flight requests finish before any SIGKILL.
+// Logs: INFO goes to the out log, warnings and errors to the error log (`pm2 logs` shows both).
 function node(name, script) {
   return {
     name,
@@ -27,7 +31,6 @@ function node(name, script) {
     cwd: root,
     autorestart: true,
     stop_exit_codes: [2],
-    exp_backoff_restart_delay: 1000,
     min_uptime: "30s",
     max_restarts: 10,
     kill_timeout: 15000,

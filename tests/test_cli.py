@@ -54,3 +54,36 @@ def test_detect_bad_options_exit_2_with_a_message(tmp_path, real_photo, args, me
     real_photo.save(path)
     r = _cli("detect", str(path), *args)
     assert r.returncode == 2 and message in r.stderr
+
+
+def test_detect_a_directory_or_a_missing_file_exits_2_before_loading_a_model(tmp_path):
+    (tmp_path / "photos").mkdir()
+    # bad weights too: the paths are checked first, so no model (and no weights) is ever touched
+    r = _cli("detect", str(tmp_path / "photos"), str(tmp_path / "gone.jpg"), "--weights", "/nonexistent.pth")
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    assert f"{tmp_path / 'photos'}: is a directory; pass the image files in it" in r.stderr
+    assert f"{tmp_path / 'gone.jpg'}: no such file" in r.stderr
+    assert "weights file not found" not in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("kind", ["text", "truncated", "wrong_shapes"])
+def test_detect_with_weights_that_are_not_a_checkpoint_exits_2_naming_the_file(tmp_path, real_photo, kind):
+    import torch
+
+    from bitmind_lite.detectors import NPRNet
+
+    weights = tmp_path / "npr.pth"
+    if kind == "text":
+        weights.write_text("model card: see README\n")
+    elif kind == "truncated":
+        torch.save(NPRNet().state_dict(), weights)
+        weights.write_bytes(weights.read_bytes()[:4096])
+    else:
+        torch.save(torch.nn.Conv2d(3, 8, 3).state_dict(), weights)
+    image = tmp_path / "a.png"
+    real_photo.save(image)
+    r = _cli("detect", str(image), "--weights", str(weights), "--device", "cpu")
+    assert r.returncode == 2, r.stderr
+    (line,) = r.stderr.strip().splitlines()  # one line, no traceback, no torch advice to load unsafely
+    assert line.startswith(f"bitmind-lite detect: weights {weights} is not a checkpoint") and "expected" in line
+    assert "weights_only" not in r.stderr

@@ -1,10 +1,20 @@
-"""Registry and detector behaviour: names, probabilities, the no-resize preprocessing rule, devices."""
+"""Registry and detector behaviour: names, probabilities, the no-resize preprocessing rule, devices, and the
+checkpoint files (unusable weights, bundled weights from an installed package)."""
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from bitmind_lite.detectors import create_detector, crop_or_tile, list_detectors, resolve_device
+from bitmind_lite.detectors import NPRNet, create_detector, crop_or_tile, list_detectors, resolve_device
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_registry_lists_bundled_detectors_and_rejects_unknown_names():
@@ -81,8 +91,6 @@ def test_reload_swaps_weights_and_keeps_old_model_on_a_bad_file(tmp_path):
     before = det.predict(x)
     good = tmp_path / "good.pth"
     torch.manual_seed(3)
-    from bitmind_lite.detectors import NPRNet
-
     torch.save(NPRNet().state_dict(), good)
     det.reload(good)
     assert det.version != "untrained" and not torch.allclose(det.predict(x), before)
@@ -92,3 +100,61 @@ def test_reload_swaps_weights_and_keeps_old_model_on_a_bad_file(tmp_path):
     with pytest.raises(Exception):
         det.reload(bad)
     assert torch.allclose(det.predict(x), after_good)
+
+
+# ---------------------------------------------------------------- checkpoint files (detectors/checkpoint.py)
+def _not_a_checkpoint(kind: str, path):
+    """Files an operator passes as weights by mistake."""
+    if kind == "text":
+        path.write_text("hello, I am a README\n")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        torch.save(NPRNet().state_dict(), path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    elif kind == "wrong_shapes":
+        torch.save(torch.nn.Linear(3, 2).state_dict(), path)
+    elif kind == "objects":  # a pickle that would have to run code to load
+        torch.save({"model": NPRNet().state_dict(), "opt": argparse.Namespace(lr=1)}, path)
+    return path
+
+
+@pytest.mark.parametrize("kind, says", [
+    ("text", "not a torch.save file"), ("empty", "empty"), ("truncated", "truncated or corrupt"),
+    ("wrong_shapes", "not a checkpoint of NPRNet"), ("objects", "Python objects besides tensors"),
+])
+def test_a_file_that_is_not_a_checkpoint_is_one_clear_error(tmp_path, kind, says):
+    from bitmind_lite.detectors.checkpoint import CheckpointError
+
+    path = _not_a_checkpoint(kind, tmp_path / f"{kind}.pth")
+    with pytest.raises(CheckpointError) as e:
+        create_detector("npr", weights=path, device="cpu")
+    message = str(e.value)
+    assert str(path) in message and says in message and "\n" not in message
+    assert "weights_only" not in message and "arbitrary code" not in message  # torch's advice to load unsafely
+    assert isinstance(e.value, ValueError)  # callers that catch ValueError (the miner's hot-swap) keep working
+
+
+def test_a_shape_mismatch_names_the_tensor(tmp_path):
+    from bitmind_lite.detectors.checkpoint import CheckpointError, load_into
+
+    state = NPRNet().state_dict()
+    state["fc1.weight"] = torch.zeros(1, 256)
+    torch.save(state, tmp_path / "w.pth")
+    with pytest.raises(CheckpointError, match=r"fc1.weight \(1, 256\) != \(1, 512\)"):
+        load_into(NPRNet(), tmp_path / "w.pth")
+
+
+def test_bundled_weights_are_found_from_an_installed_package(tmp_path):
+    """An installed wheel has no repository around it: the weights ship as bitmind_lite/weights (setup.py)."""
+    site = tmp_path / "site-packages"
+    shutil.copytree(ROOT / "bitmind_lite", site / "bitmind_lite", ignore=shutil.ignore_patterns("__pycache__"))
+    (site / "bitmind_lite" / "weights").mkdir()
+    torch.save(NPRNet().state_dict(), site / "bitmind_lite" / "weights" / "npr.pth")
+    code = "import bitmind_lite.detectors as d; print(d.__file__); print(d.create_detector('npr', device='cpu').weights_path)"
+    env = {k: v for k, v in os.environ.items() if k != "BITMIND_WEIGHTS_DIR"}
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**env, "PYTHONPATH": str(site)},
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    module, weights = r.stdout.split()
+    assert module.startswith(str(site)) and weights == str(site / "bitmind_lite" / "weights" / "npr.pth")

@@ -1,5 +1,6 @@
 """A miner's life on the devnet: endpoint publishing, chain outage, deregistration and SIGTERM (a real process);
-model errors, timeouts and a full queue (in-process server, scripted detector); running under pm2.
+model errors, timeouts and a full queue (in-process server, scripted detector); running under pm2, and stopping
+there (not restart-looping) after a configuration error.
 """
 import asyncio
 import json
@@ -38,7 +39,7 @@ def test_lifecycle_publish_outage_deregistration_and_graceful_stop(subnet):
         # The chain goes away: refreshes fail in the background, requests are still answered at once.
         subnet.devnet.set_available(False)
         try:
-            wait_for(lambda: metric(node, 'miner_metagraph_syncs_total{result="error"}') >= 1, 30, "a failed sync",
+            wait_for(lambda: metric(node, 'bitmind_miner_metagraph_syncs_total{result="error"}') >= 1, 30, "a failed sync",
                      node.proc, node.log)
             slowest = 0.0
             for i in range(8):
@@ -122,7 +123,7 @@ def test_model_error_timeout_and_full_queue(subnet, monkeypatch):
         assert r.status_code == 500 and r.json()["detail"] == "model error: RuntimeError: boom"
         detector.mode = "slow"
         r = post(node, keypair("Alice"), body)
-        assert r.status_code == 500 and r.json()["detail"] == "inference timed out after 0.5s"
+        assert r.status_code == 504 and r.json()["detail"] == "inference timed out after 0.5s"
 
         async def overload():
             async with httpx.AsyncClient(timeout=30) as client:
@@ -136,7 +137,7 @@ def test_model_error_timeout_and_full_queue(subnet, monkeypatch):
         time.sleep(1.5)  # let the model thread finish the timed-out request
         responses = asyncio.run(overload())
         # V1 (stake 101) loses its place to V2 (stake 102), whichever arrived first; the others time out.
-        assert [r.status_code for r in responses] == [500, 503, 500]
+        assert [r.status_code for r in responses] == [504, 503, 504]
         assert responses[1].headers["Retry-After"] == "1"
         assert responses[1].json()["detail"] in ("displaced by a higher-stake request",
                                                  "the miner is busy (1 requests queued)")
@@ -150,31 +151,71 @@ def test_model_error_timeout_and_full_queue(subnet, monkeypatch):
 
 
 # ---------------------------------------------------------------- pm2
-@pytest.mark.skipif(shutil.which("pm2") is None, reason="pm2 is not installed (npm install -g pm2)")
-def test_runs_under_pm2_from_the_ecosystem_file(subnet):
-    port, name = free_port(), f"bitmind-miner-test-{os.getpid()}"
+@pytest.fixture
+def pm2(subnet):
+    """`pm2(*args, **env)` against a private pm2 daemon; `pm2.env(name, port)` is a miner's settings for it."""
+    if shutil.which("pm2") is None:
+        pytest.skip("pm2 is not installed (npm install -g pm2)")
     pm2_home = tempfile.mkdtemp(prefix="pm2-")  # short path (pm2 puts unix sockets here) and a private daemon
-    env = {**subnet.env, "PM2_HOME": pm2_home, "BITMIND_MINER_NAME": name, "BITMIND_PYTHON": sys.executable,
-           "NETUID": "1", "SUBTENSOR_NETWORK": f"devnet:{subnet.db}", "WALLET_NAME": "miner",
-           "WALLET_HOTKEY": "default", "WALLET_PATH": str(subnet.wallets), "AXON_IP": "127.0.0.1",
-           "AXON_PORT": str(port), "NEURON_DETECTOR": "random", "NEURON_DEVICE": "cpu"}
 
-    def pm2(*args):
-        return subprocess.run(["pm2", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    def run(*args, env=None):
+        return subprocess.run(["pm2", *args], env={**subnet.env, "PM2_HOME": pm2_home, **(env or {})}, cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
 
-    url = f"http://127.0.0.1:{port}/health"
+    def miner_env(name, port):
+        return {"BITMIND_MINER_NAME": name, "BITMIND_PYTHON": sys.executable, "NETUID": "1",
+                "SUBTENSOR_NETWORK": f"devnet:{subnet.db}", "WALLET_NAME": "miner", "WALLET_HOTKEY": "default",
+                "WALLET_PATH": str(subnet.wallets), "AXON_IP": "127.0.0.1", "AXON_PORT": str(port),
+                "NEURON_DETECTOR": "random", "NEURON_DEVICE": "cpu"}
+
+    run.env = miner_env
     try:
-        started = pm2("start", "setup/ecosystem.config.js", "--only", name)
-        assert started.returncode == 0, started.stdout + started.stderr
-        logs = lambda: pm2("logs", name, "--nostream", "--lines", "50").stdout  # noqa: E731
-        health = wait_for(lambda: httpx.get(url, timeout=2).json(), 90, "/health under pm2")
-        assert health["detector"] == "random" and health["hotkey"] == subnet.hotkey, logs()
-        app = next(a for a in json.loads(pm2("jlist").stdout) if a["name"] == name)
-        assert app["pm2_env"]["status"] == "online" and app["pm2_env"]["restart_time"] == 0
-        assert pm2("delete", name).returncode == 0
-        wait_for(lambda: refused(port), 20, "the miner to stop")
-        assert all(a["name"] != name for a in json.loads(pm2("jlist").stdout))
+        yield run
     finally:
-        pm2("delete", name)
-        pm2("kill")
+        run("kill")
         shutil.rmtree(pm2_home, ignore_errors=True)
+
+
+def _pm2_app(pm2, name):
+    return next((a for a in json.loads(pm2("jlist").stdout) if a["name"] == name), None)
+
+
+def test_runs_under_pm2_from_the_ecosystem_file(subnet, pm2):
+    port, name = free_port(), f"bitmind-miner-test-{os.getpid()}"
+    env = pm2.env(name, port)
+    url = f"http://127.0.0.1:{port}/health"
+    started = pm2("start", "setup/ecosystem.config.js", "--only", name, env=env)
+    assert started.returncode == 0, started.stdout + started.stderr
+    logs = lambda: pm2("logs", name, "--nostream", "--lines", "50").stdout  # noqa: E731
+    health = wait_for(lambda: httpx.get(url, timeout=2).json(), 90, "/health under pm2")
+    assert health["detector"] == "random" and health["hotkey"] == subnet.hotkey, logs()
+    app = _pm2_app(pm2, name)
+    assert app["pm2_env"]["status"] == "online" and app["pm2_env"]["restart_time"] == 0
+    # INFO lines land in pm2's out log, not in its error log
+    out, err = (open(app["pm2_env"][k]).read() for k in ("pm_out_log_path", "pm_err_log_path"))
+    assert f"starting HTTP on http://127.0.0.1:{port}" in out and "starting HTTP" not in err
+    assert pm2("delete", name).returncode == 0
+    wait_for(lambda: refused(port), 20, "the miner to stop")
+    assert all(a["name"] != name for a in json.loads(pm2("jlist").stdout))
+
+
+def test_under_pm2_a_config_error_leaves_the_app_stopped(subnet, pm2):
+    """Exit status 2 (here: the port is taken) is `stop_exit_codes`: pm2 shows the app stopped, no restart loop
+    and no "waiting restart" forever."""
+    name = f"bitmind-miner-bad-{os.getpid()}"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = pm2("start", "setup/ecosystem.config.js", "--only", name, env=pm2.env(name, port))
+        assert started.returncode == 0, started.stdout + started.stderr
+
+        def exited():
+            app = _pm2_app(pm2, name)
+            return app if app and app["pm2_env"]["status"] not in ("online", "launching") else None
+
+        app = wait_for(exited, 90, "the miner to exit under pm2")
+    assert app["pm2_env"].get("exit_code") == 2, app["pm2_env"]
+    assert app["pm2_env"]["status"] == "stopped" and app["pm2_env"]["restart_time"] == 0
+    err = open(app["pm2_env"]["pm_err_log_path"]).read()
+    assert f"127.0.0.1:{port} is already in use" in err and "Traceback" not in err

@@ -65,10 +65,11 @@ def test_reference_keys_load_strictly(tmp_path):
 
 def test_strict_load_rejects_a_foreign_checkpoint(tmp_path):
     from bitmind_lite.detectors import create_detector
+    from bitmind_lite.detectors.checkpoint import CheckpointError
 
     sd = NPRNet().state_dict()
     sd["layer3.0.conv1.weight"] = torch.zeros(1)  # a full ResNet-50 checkpoint would carry layer3
     path = tmp_path / "resnet50.pth"
     torch.save(sd, path)
-    with pytest.raises(RuntimeError, match="layer3"):
+    with pytest.raises(CheckpointError, match="not a checkpoint of NPRNet.*layer3"):  # a clear error, not torch's
         create_detector("npr", weights=path, device="cpu")

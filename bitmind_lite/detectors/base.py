@@ -10,12 +10,7 @@ Preprocessing rule (why: NPR reads the up-sampling traces that any interpolation
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import os
-import tempfile
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -23,6 +18,12 @@ import numpy as np
 import torch
 from loguru import logger
 from PIL import Image
+
+# Checkpoint helpers live in checkpoint.py; re-exported here because base_miner/, bench/ and tests import them from
+# this module.
+from bitmind_lite.detectors.checkpoint import (  # noqa: F401
+    Calibration, calibration_path, load_calibration, load_into, load_state_dict, save_calibration, weights_fingerprint)
+from bitmind_lite.detectors.runtimes import prepare_runtime, resolve_runtime
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -74,82 +75,6 @@ def to_normalized_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a checkpoint saved by our trainer or the reference code: a plain state_dict, {'model': sd}, or DDP."""
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
-        obj = obj["model"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path} does not hold a state_dict")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
-def weights_fingerprint(path: str | os.PathLike) -> str:
-    """A short content hash: the detector version a miner reports, so validators can tell checkpoints apart."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:12]
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """Platt scaling of the logit, fitted on held-out validation photos: P = sigmoid(scale * logit + bias).
-
-    Why: a detector trained on one family of fakes is "biased to fake" on real photos it never saw; shifting and
-    scaling the logit on held-out photos moves the 0.5 decision point to where validation says it belongs.
-    It is stored next to the weights (`weights/npr.pth` -> `weights/npr.calib.json`) with the fingerprint of the
-    weights it was fitted for, so a retrained checkpoint never runs with a stale calibration.
-    """
-
-    scale: float = 1.0
-    bias: float = 0.0
-    weights: str = ""  # weights_fingerprint() of the checkpoint it belongs to
-    meta: dict | None = None  # how it was fitted (data, counts, metrics before/after)
-
-    def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits * self.scale + self.bias
-
-    @property
-    def threshold_logit(self) -> float:
-        """The raw logit that now maps to P = 0.5."""
-        return -self.bias / self.scale
-
-
-def calibration_path(weights: str | os.PathLike) -> Path:
-    return Path(weights).with_suffix(".calib.json")
-
-
-def load_calibration(weights: str | os.PathLike) -> Calibration | None:
-    """The sidecar calibration of a checkpoint, None when there is none or it belongs to other weights."""
-    path = calibration_path(weights)
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-        cal = Calibration(float(data["scale"]), float(data["bias"]), str(data["weights"]), data.get("meta"))
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: not a calibration file ({e}); fix or delete it") from None
-    if not (math.isfinite(cal.scale) and math.isfinite(cal.bias) and cal.scale > 0):
-        raise ValueError(f"{path}: scale must be finite and > 0, bias finite (got {cal.scale}, {cal.bias})")
-    if cal.weights != weights_fingerprint(weights):
-        logger.warning(f"{path} was fitted for weights {cal.weights}, not {weights_fingerprint(weights)}; ignoring it")
-        return None
-    return cal
-
-
-def save_calibration(weights: str | os.PathLike, cal: Calibration) -> Path:
-    """Write the sidecar atomically (temp file + os.replace)."""
-    path = calibration_path(weights)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(asdict(cal), f, indent=2)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; it ships next to the weights
-    os.replace(tmp, path)
-    return path
-
-
 class Detector:
     """Base class. Subclasses set `name`/`version` and implement `predict`; most keep the shared `preprocess`."""
 
@@ -181,7 +106,7 @@ class TorchDetector(Detector):
 
     Runtimes (`runtime=`) are speed paths over the same weights; `eager` is the reference.
     `pretrained=False` builds a freshly initialised network (what the trainer starts from), timm-style.
-    `calibrate=True` applies the checkpoint's sidecar calibration (see `Calibration`) when there is one.
+    `calibrate=True` applies the checkpoint's sidecar calibration (see `checkpoint.Calibration`) when there is one.
     """
 
     trainable = True
@@ -204,7 +129,7 @@ class TorchDetector(Detector):
         self.requested_runtime = runtime  # "auto" is resolved per checkpoint: int8 needs the checkpoint's cached model
         model = build()
         if self.weights_path is not None:
-            model.load_state_dict(load_state_dict(self.weights_path), strict=True)
+            load_into(model, self.weights_path)
             self.version = weights_fingerprint(self.weights_path)
             calibration = load_calibration(self.weights_path) if calibrate else None
         else:
@@ -226,8 +151,6 @@ class TorchDetector(Detector):
 
     def _prepare(self, model: torch.nn.Module, weights: str | os.PathLike | None) -> tuple[torch.nn.Module, str]:
         """(the model wrapped for the requested runtime, the runtime's resolved name)."""
-        from bitmind_lite.detectors.runtimes import prepare_runtime, resolve_runtime
-
         runtime = resolve_runtime(self.requested_runtime, self.device, weights, self.input_size)
         model = model.to(self.device).eval()
         return prepare_runtime(model, runtime, self.device, self.input_size, weights=weights), runtime
@@ -246,7 +169,7 @@ class TorchDetector(Detector):
     def reload(self, weights: str | os.PathLike) -> None:
         """Load new weights into a fresh model, then swap it in with one assignment (in-flight calls keep the old)."""
         model = self._build()
-        model.load_state_dict(load_state_dict(weights), strict=True)  # raises on a bad file: the old model stays
+        load_into(model, weights)  # raises CheckpointError on a bad file: the old model stays
         cal = load_calibration(weights) if self.calibrate else None  # a corrupt sidecar raises too
         model, runtime = self._prepare(model, weights)
         self.weights_path = Path(weights)

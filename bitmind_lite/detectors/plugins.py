@@ -4,8 +4,9 @@ from __future__ import annotations
 import torch
 
 from bitmind_lite.detectors.base import Detector, TorchDetector
+from bitmind_lite.detectors.checkpoint import default_weights
 from bitmind_lite.detectors.npr import NPRNet
-from bitmind_lite.detectors.registry import default_weights, register_detector
+from bitmind_lite.detectors.registry import register_detector
 
 
 class NPRDetector(TorchDetector):

@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Callable
 
 from bitmind_lite.detectors.base import Detector
+# default_weights is owned by checkpoint.py; re-exported because bench/ and tests import it from here
+from bitmind_lite.detectors.checkpoint import default_weights  # noqa: F401
 
 _REGISTRY: dict[str, Callable[..., Detector]] = {}
 
@@ -26,22 +28,10 @@ def list_detectors() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def weights_dir() -> Path:
-    """Where bundled checkpoints live: $BITMIND_WEIGHTS_DIR, else the repository's `weights/` folder."""
-    env = os.environ.get("BITMIND_WEIGHTS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "weights"
-
-
-def default_weights(name: str) -> Path | None:
-    """The bundled checkpoint for a detector (`weights/<name>.pth`), or None when none ships."""
-    path = weights_dir() / f"{name}.pth"
-    return path if path.is_file() else None
-
-
 def create_detector(name: str = "npr", weights: str | os.PathLike | None = None, device: str = "auto", **kwargs) -> Detector:
     """Build a registered detector. `weights=None` takes the bundled checkpoint when there is one."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown detector {name!r}; registered: {', '.join(list_detectors())}")
-    if weights is not None and not Path(weights).is_file():
+    if weights is not None and not Path(weights).exists():  # a directory or a bad file: the loader explains
         raise FileNotFoundError(f"weights file not found: {weights}")
     return _REGISTRY[name](weights=weights, device=device, **kwargs)

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from bitmind_lite.detectors.checkpoint import weights_fingerprint
+
 
 class ChannelsLast(torch.nn.Module):
     """NHWC memory layout: oneDNN/cuDNN convolutions run faster on it (measured +25% on this CPU at batch 1)."""
@@ -71,8 +73,6 @@ def load_int8(weights: str | os.PathLike | None, input_size: int) -> bytes:
     have; so quantisation is an offline step and the runtime refuses a missing or stale file.
     """
     import onnx
-
-    from bitmind_lite.detectors.base import weights_fingerprint
 
     hint = f"make it with: python base_miner/quantize.py --model_path {weights} --dataroot DATA/train"
     if weights is None:

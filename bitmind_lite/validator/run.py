@@ -1,7 +1,8 @@
 """Start a validator: `python neurons/validator.py [flags]` or `bitmind-lite validator [flags]` (flags: --help).
 
-Start-up order: config -> logging -> hotkey -> chain (registration check) -> state (refuses a corrupt file)
--> challenge sampler (and its cache filler process) -> /metrics -> the challenge loop. SIGTERM/SIGINT let the
+Start-up order: config -> logging (INFO to stdout, problems to stderr) -> the /metrics port (checked free before
+anything heavy) -> hotkey -> chain (registration check) -> state (refuses a corrupt file) -> challenge sampler (and
+its cache filler process) -> /metrics -> the challenge loop. SIGTERM/SIGINT let the
 challenge in flight finish, save, and exit 0. Exit status 2 means bad settings, missing keys or an unusable state
 file: restarting will not help.
 """
@@ -15,13 +16,15 @@ from typing import Optional, Sequence
 
 from loguru import logger
 
-from bitmind_lite.config import ValidatorConfig, dump_config, load_config
+from bitmind_lite.config import ValidatorConfig, describe_sources, dump_config, load_config, reserve_port
 from bitmind_lite.log import setup_logging
 
 EXIT_CONFIG = 2
 STATE_FILE = "state.db"
 LOG_FILE = "challenges.jsonl"
 CACHE_DIR = "challenge-cache"
+# What a start-up line says about where the settings came from: which chain, which keys, where the scores live.
+KEY_SETTINGS = ("subtensor.network", "netuid", "wallet.name", "wallet.hotkey", "neuron.state_dir")
 
 
 def state_paths(cfg: ValidatorConfig) -> tuple[Path, Path]:
@@ -123,6 +126,14 @@ async def serve(validator, cfg: ValidatorConfig) -> int:
 def run_validator(cfg: ValidatorConfig) -> int:
     setup_logging(cfg.logging.level, cfg.logging.logging_dir, name="validator")
     logger.info("bitmind-lite validator starting with\n" + dump_config(cfg))
+    logger.log(*describe_sources(cfg, KEY_SETTINGS))
+    if cfg.neuron.metrics_port:  # a port in use is a setting to fix, found now rather than after the chain and data
+        try:
+            reserve_port(cfg.neuron.metrics_ip, cfg.neuron.metrics_port, "neuron.metrics_ip",
+                         "neuron.metrics_port").close()
+        except ValueError as e:
+            logger.error(str(e))
+            return EXIT_CONFIG
     from bitmind_lite.chain import Chain, load_wallet
     from bitmind_lite.validator.state import StateError
 
@@ -157,12 +168,7 @@ def run_validator(cfg: ValidatorConfig) -> int:
     try:
         return asyncio.run(serve(validator, cfg))
     finally:
-        validator.sampler.close()  # a CachedSampler stops its filler process
-        validator.store.close()
-        if validator.log is not None:
-            validator.log.close()
-        if validator.wandb is not None:
-            validator.wandb.finish()
+        validator.close()
         chain.close()
 
 
