@@ -4,10 +4,12 @@
 
 1. a devnet (the real bittensor SDK over a SQLite file) and unencrypted wallets in D;
 2. one validator (stake, permit) and N miners registered; the miners start as separate processes
-   (`python neurons/miner.py ...`) on free ports: the first runs NPR with the bundled weights, the others honest
-   alternatives from the detector registry (npr_raw, random, ...);
-3. the validator runs N challenges at a fast interval, printing one line per challenge, and sets weights on the
-   devnet through the same SDK calls it uses on finney;
+   (`python -m bitmind_lite.cli miner ...`, so an installed package works without the repository) on free ports:
+   the first runs NPR with the bundled weights, the others honest alternatives from the detector registry
+   (npr_raw, random, ...);
+3. the validator (built by `validator.run.build_validator`, driven through `Validator`'s public methods) runs N
+   challenges at a fast interval, printing one line per challenge, and sets weights on the devnet through the same
+   SDK calls it uses on finney;
 4. a leaderboard (also written as JSON), then every process is stopped: SIGTERM to its process group, SIGKILL after
    a grace period; the same on Ctrl-C.
 """
@@ -82,7 +84,7 @@ def start_miner(root: Path, devnet: Path, name: str, detector: str, weights: Opt
     port = free_port()
     log = root / "logs" / f"{name}.log"
     log.parent.mkdir(exist_ok=True)
-    cmd = [sys.executable, str(ROOT / "neurons" / "miner.py"), "--netuid", str(NETUID),
+    cmd = [sys.executable, "-m", "bitmind_lite.cli", "miner", "--netuid", str(NETUID),
            "--subtensor.network", f"devnet:{devnet}", "--wallet.name", name, "--wallet.hotkey", "default",
            "--wallet.path", str(root / "wallets"), "--axon.ip", "127.0.0.1", "--axon.port", str(port),
            "--axon.external_ip", "127.0.0.1", "--neuron.detector", detector, "--neuron.device", "cpu",
@@ -160,16 +162,11 @@ def set_final_weights(validator, last_report, timeout: float = 15.0):
         return last_report.weights
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        block = validator.chain.block()
         last = validator.state.last_weights_block
-        if last is not None and block < last + WEIGHTS_RATE_LIMIT:
-            time.sleep(BLOCK_TIME / 2)
+        if last is not None and validator.chain.block() < last + WEIGHTS_RATE_LIMIT:
+            time.sleep(BLOCK_TIME / 2)  # an attempt now would only be refused (and logged as a warning)
             continue
-        validator.weight_setter.retry_at = None
-        outcome = validator.weight_setter.set_weights(block, validator.state.scores())
-        if outcome.set:
-            validator.state.last_weights_block = outcome.block
-            validator.store.save(validator.state)
+        outcome = validator.set_weights_now()
         if outcome.reason != "RATE_LIMITED":
             return outcome
         time.sleep(BLOCK_TIME)
@@ -184,7 +181,7 @@ def leaderboard(validator, miners: list[MinerProcess], chain_weights: dict[int, 
         record = validator.state.miners.get(m.uid)
         if record is None:
             continue
-        mm = metrics(record.history, validator.n.min_valid)
+        mm = metrics(record.history, validator.cfg.neuron.min_valid)
         valid = record.history.valid()
         hits = sum((p > 0.5) == bool(label) for p, label in valid)
         rows.append({"uid": m.uid, "name": m.name, "detector": m.detector, "hotkey": m.hotkey,
@@ -303,9 +300,7 @@ def run(args) -> dict:
         return result
     finally:
         if validator is not None:
-            validator.sampler.close()  # stops the pool's filler process
-            validator.store.close()
-            validator.log.close()
+            validator.close()  # also stops the challenge pool's filler process
         # a second Ctrl-C must not leave miners behind: cleanup is bounded (GRACE_S), so it runs to the end
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         stop_processes([m.proc for m in miners])

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from bittensor.sp_core import Keypair
 from loguru import logger
+from prometheus_client.parser import text_string_to_metric_families
 
 from bitmind_lite.chain import Chain, Devnet, connect, create_wallet
 from bitmind_lite.config import ValidatorConfig
@@ -80,6 +81,11 @@ def entry_point_logging():
     yield
     logger.remove()
     logger.add(sys.__stderr__, level="INFO")
+
+
+def scrape(validator) -> dict:
+    """{metric family name: family} of the validator's /metrics text."""
+    return {f.name: f for f in text_string_to_metric_families(validator.metrics.render())}
 
 
 def challenges(validator, n: int):
@@ -155,6 +161,31 @@ def test_a_replaced_hotkey_starts_from_a_clean_history(tmp_path, symbols):
     assert new.hotkey != old.hotkey and new.hotkey == net.info[2]["hotkey"]
     assert len(new.history) == 1 and new.history.answers[0][0] == 0.5  # only the new miner's one answer
     assert next(a for a in report.answers if a.uid == uid).hotkey == new.hotkey
+    score_series = {s.labels["hotkey"] for s in scrape(v)["bitmind_validator_miner_score"].samples
+                    if s.labels["uid"] == str(uid)}
+    assert score_series == {new.hotkey}  # the old hotkey's series went with it
+
+
+def test_round_durations_are_a_histogram_and_scores_are_labelled_with_uid_and_hotkey(tmp_path, symbols):
+    net = Net(tmp_path, ["ok:0.9", "ok:0.1"])
+    try:
+        v = net.validator()
+        reports = challenges(v, 3)
+    finally:
+        net.close()
+    families = scrape(v)
+    rounds = families["bitmind_validator_round_seconds"]
+    assert rounds.type == "histogram"
+    buckets = [s for s in rounds.samples if s.name == "bitmind_validator_round_seconds_bucket"]
+    assert len(buckets) > 2 and buckets[-1].labels["le"] == "+Inf"
+    for b in buckets:  # cumulative counts of the rounds that took at most `le` seconds
+        assert b.value == sum(r.seconds <= float(b.labels["le"]) for r in reports), b
+    (count,) = [s.value for s in rounds.samples if s.name == "bitmind_validator_round_seconds_count"]
+    (total,) = [s.value for s in rounds.samples if s.name == "bitmind_validator_round_seconds_sum"]
+    assert count == 3 and total == pytest.approx(sum(r.seconds for r in reports))
+    scores = {(s.labels["uid"], s.labels["hotkey"]): s.value for s in families["bitmind_validator_miner_score"].samples}
+    assert scores == pytest.approx({(str(uid), m.hotkey): m.score for uid, m in v.state.miners.items()})
+    assert {(str(uid), net.info[i]["hotkey"]) for i, uid in enumerate(net.uids)} <= set(scores)
 
 
 def test_all_zero_scores_set_no_weights(tmp_path, symbols):
@@ -191,10 +222,13 @@ def test_rounds_are_served_from_the_challenge_pool_and_recorded(tmp_path, symbol
     assert [r["meta"]["cache"] for r in records] == served[:2]
     image = decode_image(json.loads(body)["image"])  # the pooled PNG goes out as is and is a valid challenge
     assert image.size == (256, 256) and meta["label"] == label
-    metrics = v.metrics.render()
-    assert re.search(r'^bitmind_validator_cache_rounds_total\{result="hit"\} 2$', metrics, re.M), metrics
-    assert 'result="miss"' not in metrics and re.search(r"^bitmind_validator_cache_items [0-4]$", metrics, re.M)
-    assert re.search(r"^bitmind_validator_cache_take_p95_seconds 0\.\d+", metrics, re.M)
+    families = scrape(v)
+    cache_rounds = {s.labels["result"]: s.value for s in families["bitmind_validator_cache_rounds"].samples}
+    assert cache_rounds == {"hit": 2}, cache_rounds  # no "miss" series
+    (items,) = families["bitmind_validator_cache_items"].samples
+    assert items.value in (0, 1, 2, 3, 4)
+    (take_p95,) = families["bitmind_validator_cache_take_p95_seconds"].samples
+    assert 0 < take_p95.value < 1
 
 
 def test_sigkill_loses_at_most_the_challenge_in_flight_and_a_restart_resumes(tmp_path, symbols):

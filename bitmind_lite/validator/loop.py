@@ -1,6 +1,7 @@
 """The challenge loop: sample miners -> challenge -> query -> reward -> scores -> (weights) -> persist -> record.
 
 One `Validator.challenge()` is one round; `Validator.run()` repeats it every --neuron.challenge_interval seconds.
+`set_weights_now()` and `close()` are for callers that drive a validator themselves (localnet).
 The chain is needed for the metagraph and for weights only: while it is unreachable the loop keeps challenging the
 miners it last saw and sets weights once the chain is back.
 """
@@ -96,13 +97,26 @@ class Validator:
             block = await asyncio.to_thread(self.chain.block)
             if not self.weight_setter.due(block, self.state.last_weights_block):
                 return None, True
-            outcome = await asyncio.to_thread(self.weight_setter.set_weights, block, self.state.scores())
+            outcome = await asyncio.to_thread(self._set_weights, block)
         except ChainUnavailable as e:
             logger.warning(f"chain unavailable, weights wait until it is back: {e}")
             return None, False
+        return outcome, True
+
+    def set_weights_now(self) -> WeightsOutcome:
+        """Set weights from the current scores at the current block, epoch or not, forgetting any retry back-off,
+        and save the state (blocking). The chain's own rate limit still applies: the outcome then says so."""
+        self.weight_setter.retry_at = None
+        outcome = self._set_weights(self.chain.block())
+        if outcome.set:
+            self.store.save(self.state)
+        return outcome
+
+    def _set_weights(self, block: int) -> WeightsOutcome:
+        outcome = self.weight_setter.set_weights(block, self.state.scores())
         if outcome.set:
             self.state.last_weights_block = outcome.block
-        return outcome, True
+        return outcome
 
     # ---- one round ----
     def _score(self, answers: list[Answer], label: int) -> tuple[dict[int, float], dict[int, MinerMetrics]]:
@@ -172,13 +186,12 @@ class Validator:
         m.challenges.inc()
         m.answers.inc("valid", amount=valid)
         m.answers.inc("invalid", amount=len(r.answers) - valid)
-        m.round_seconds.set(r.seconds)
+        m.round_seconds.observe(r.seconds)
         m.miners_queried.set(len(r.answers))
         m.chain_up.set(float(r.chain_up))
         if self.state.last_weights_block is not None:
             m.last_weights_block.set(self.state.last_weights_block)
-        for uid, s in scores.items():
-            m.miner_score.set(s, str(uid))
+        m.observe_scores({uid: (miner.hotkey, miner.score) for uid, miner in self.state.miners.items()})
         if hasattr(self.sampler, "pool_stats"):  # a CachedSampler: was this round served from its pool?
             m.observe_cache(r.meta["cache"]["hit"], self.sampler.pool_stats())
         if self.wandb is not None:
@@ -217,3 +230,12 @@ class Validator:
         finally:
             await self.client.close()
         return done
+
+    def close(self) -> None:
+        """Stop the sampler (a CachedSampler's filler process) and close the state, the log and W&B."""
+        self.sampler.close()
+        self.store.close()
+        if self.log is not None:
+            self.log.close()
+        if self.wandb is not None:
+            self.wandb.finish()

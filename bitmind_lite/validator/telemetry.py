@@ -1,7 +1,7 @@
 """Where a validator tells the world what it did: a JSONL challenge log, optional W&B, Prometheus /metrics.
 
 None of these may stop a validator: a failing W&B turns itself off with one warning, a full disk loses log lines
-(with a warning), and /metrics is served from the validator's own event loop with aiohttp.
+(with a warning), and /metrics is served from the validator's own event loop (prometheus_client's aiohttp handler).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Optional
 
 from loguru import logger
 
-from bitmind_lite.metrics import Counter, Gauge, render_metrics
+from bitmind_lite.metrics import NodeMetrics
 
 
 class ChallengeLog:
@@ -67,24 +67,39 @@ class WandbRun:
                 pass
 
 
-class ValidatorMetrics:
-    """The validator's Prometheus metrics (the exposition format lives in bitmind_lite/metrics.py)."""
+ROUND_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0)  # seconds; timeout 9 s
+
+
+class ValidatorMetrics(NodeMetrics):
+    """The validator's Prometheus metrics, on its own registry (bitmind_lite/metrics.py owns the exposition)."""
 
     def __init__(self):
-        self.challenges = Counter("bitmind_validator_challenges_total", "challenges completed")
-        self.answers = Counter("bitmind_validator_answers_total", "miner answers by result (valid/invalid)",
-                               ("result",))
-        self.round_seconds = Gauge("bitmind_validator_round_seconds", "wall time of the last challenge round")
-        self.miners_queried = Gauge("bitmind_validator_miners_queried", "miners queried in the last challenge")
-        self.chain_up = Gauge("bitmind_validator_chain_up", "1 when the last chain call succeeded")
-        self.last_weights_block = Gauge("bitmind_validator_last_weights_block", "block of the last successful set_weights")
-        self.miner_score = Gauge("bitmind_validator_miner_score", "EMA score per miner uid", ("uid",))
-        self.cache_rounds = Counter("bitmind_validator_cache_rounds_total", "challenges by where they came from: "
-                                    "the pool (hit) or sampled in the round because it was empty (miss)", ("result",))
-        self.cache_items = Gauge("bitmind_validator_cache_items", "challenges ready in the pool after the last round")
-        self.cache_bytes = Gauge("bitmind_validator_cache_bytes", "bytes of those challenges")
-        self.cache_take_p95 = Gauge("bitmind_validator_cache_take_p95_seconds",
-                                    "95th percentile of the recent pool takes (lock, manifest read, file read)")
+        super().__init__()
+        self.challenges = self.counter("bitmind_validator_challenges_total", "challenges completed")
+        self.answers = self.counter("bitmind_validator_answers_total", "miner answers by result (valid/invalid)",
+                                    ("result",))
+        self.round_seconds = self.histogram("bitmind_validator_round_seconds", "wall time of a challenge round",
+                                            ROUND_BUCKETS)
+        self.miners_queried = self.gauge("bitmind_validator_miners_queried", "miners queried in the last challenge")
+        self.chain_up = self.gauge("bitmind_validator_chain_up", "1 when the last chain call succeeded")
+        self.last_weights_block = self.gauge("bitmind_validator_last_weights_block",
+                                             "block of the last successful set_weights")
+        self.miner_score = self.gauge("bitmind_validator_miner_score", "EMA score per miner", ("uid", "hotkey"))
+        self.cache_rounds = self.counter("bitmind_validator_cache_rounds_total", "challenges by where they came "
+                                         "from: the pool (hit) or sampled in the round because it was empty (miss)",
+                                         ("result",))
+        self.cache_items = self.gauge("bitmind_validator_cache_items", "challenges ready in the pool after the last "
+                                      "round")
+        self.cache_bytes = self.gauge("bitmind_validator_cache_bytes", "bytes of those challenges")
+        self.cache_take_p95 = self.gauge("bitmind_validator_cache_take_p95_seconds",
+                                         "95th percentile of the recent pool takes (lock, manifest read, file read)")
+
+    def observe_scores(self, miners: dict[int, tuple[str, float]]) -> None:
+        """{uid: (hotkey, score)} replaces every score series, so a uid taken over by a new hotkey does not keep
+        the old hotkey's series."""
+        self.miner_score.clear()
+        for uid, (hotkey, score) in miners.items():
+            self.miner_score.set(score, str(uid), hotkey)
 
     def observe_cache(self, hit: bool, pool: dict) -> None:
         """One round served by a CachedSampler; `pool` is its pool_stats()."""
@@ -94,20 +109,8 @@ class ValidatorMetrics:
         if pool["take_ms"]["p95"] is not None:
             self.cache_take_p95.set(pool["take_ms"]["p95"] / 1e3)
 
-    def render(self) -> str:
-        return render_metrics([v for v in vars(self).values() if hasattr(v, "samples")])
-
     async def serve(self, host: str, port: int):
-        """Start GET /metrics on the running loop; returns the aiohttp runner (call `await runner.cleanup()`)."""
-        from aiohttp import web
-
-        async def metrics(_request):
-            return web.Response(text=self.render(), content_type="text/plain", charset="utf-8")
-
-        app = web.Application()
-        app.router.add_get("/metrics", metrics)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, host, port).start()
+        """GET /metrics on host:port from the validator's event loop; returns the runner (`await runner.cleanup()`)."""
+        runner = await super().serve(host, port)
         logger.info(f"Prometheus metrics on http://{host}:{port}/metrics")
         return runner
