@@ -13,20 +13,15 @@ import sys
 import tempfile
 import threading
 import time
-from types import SimpleNamespace
 
 import httpx
 import pytest
 import torch
-import uvicorn
 
-from bitmind_lite.chain import Chain, connect
-from bitmind_lite.config import MinerConfig
 from bitmind_lite.detectors import Detector
-from bitmind_lite.miner import MinerService, create_app
 from bitmind_lite.protocol import DETECT_PATH
-from miner_support import (ROOT, body_of, free_port, keypair, log_text, metric, post, refused, sample_image, sign,
-                           start_miner, stop, subnet, wait_for)  # noqa: F401
+from miner_support import (ROOT, body_of, free_port, in_process_miner, keypair, log_text, metric, post, refused,  # noqa: F401
+                           sample_image, sign, start_miner, stop, subnet, wait_for)
 
 
 def test_lifecycle_publish_outage_deregistration_and_graceful_stop(subnet):
@@ -104,19 +99,8 @@ class Scripted(Detector):
 
 def test_model_error_timeout_and_full_queue(subnet, monkeypatch):
     monkeypatch.setenv("BTCLI_TOKEN_SYMBOLS_CACHE", str(subnet.root / "symbols.json"))
-    cfg = MinerConfig.model_validate({"netuid": 1, "neuron": {"request_timeout": 0.5, "max_batch_size": 1,
-                                                              "queue_size": 1}})
     detector = Scripted()
-    service = MinerService(cfg, subnet.hotkey, detector, Chain(connect(f"devnet:{subnet.db}"), netuid=1))
-    assert service.sync()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    node = SimpleNamespace(url=f"http://127.0.0.1:{sock.getsockname()[1]}", hotkey=subnet.hotkey)
-    try:
-        wait_for(lambda: server.started, 30, "the in-process server")
+    with in_process_miner(subnet, detector, request_timeout=0.5, max_batch_size=1, queue_size=1) as node:
         body = body_of(sample_image(11))
         detector.mode = "fail"
         r = post(node, keypair("Alice"), body)
@@ -145,9 +129,6 @@ def test_model_error_timeout_and_full_queue(subnet, monkeypatch):
         detector.mode = "ok"
         r = post(node, keypair("Alice"), body)
         assert r.status_code == 200 and r.json() == {"prediction": 0.25, "detector": "scripted", "version": "1"}
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 # ---------------------------------------------------------------- pm2
