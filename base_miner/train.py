@@ -31,10 +31,11 @@ if __name__ == "__main__":  # `python base_miner/train.py` and `cd base_miner &&
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from base_miner import distributed  # noqa: E402
+from base_miner import adversarial, distributed  # noqa: E402
 from base_miner.data import (Augment, EpochSampler, EvalDataset, TrainDataset, loader, normalize_batch,  # noqa: E402
                              parse_range, split_families, split_samples)
 from base_miner.metrics import binary_metrics  # noqa: E402
+from base_miner.train_log import TrainLog, plot_curves  # noqa: E402
 from bitmind_lite.detectors import create_detector, list_detectors  # noqa: E402
 from bitmind_lite.detectors.base import resolve_device, weights_fingerprint  # noqa: E402
 
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval_size", type=int, default=256, help="validation input size (the detector's serving size)")
     p.add_argument("--max_train", type=int, default=0,
                    help="use a seeded random subset of this many training images (0 = all): short CPU runs")
+    adversarial.add_arguments(p)
     return p
 
 
@@ -116,6 +118,7 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
         p.error("--jpg_qual must be within 1..100")
     if args.arch not in list_detectors():
         p.error(f"unknown --arch {args.arch!r}; registered: {', '.join(list_detectors())}")
+    adversarial.check_arguments(p, args)
     args.classes = [c for c in args.classes.split(",") if c.strip()]
 
 
@@ -125,15 +128,18 @@ def lr_at(args, epoch: int) -> float:
 
 
 def evaluate(model, detector, samples, batch_size: int, workers: int, device) -> dict:
-    """Validation through the detector's serving preprocess (center crop/tile at eval_size, no resize)."""
+    """Validation through the detector's serving preprocess (center crop/tile at eval_size, no resize): the
+    metrics of base_miner/metrics.py plus the BCE loss."""
     model.eval()
-    ys, ps = [], []
+    ys, logits = [], []
     with torch.inference_mode():
         for x, y in loader(EvalDataset(samples, detector.preprocess), batch_size, workers):
-            ps.append(torch.sigmoid(model(x.to(device).contiguous(memory_format=torch.channels_last)).float()).cpu())
+            logits.append(model(x.to(device).contiguous(memory_format=torch.channels_last)).float().cpu())
             ys.append(y)
     model.train()
-    return binary_metrics(torch.cat(ys).numpy(), torch.cat(ps).numpy())
+    y, z = torch.cat(ys), torch.cat(logits)
+    loss = float(torch.nn.functional.binary_cross_entropy_with_logits(z, y))
+    return {**binary_metrics(y.numpy(), torch.sigmoid(z).numpy()), "loss": loss}
 
 
 def save_atomic(obj, path: Path) -> None:
@@ -148,29 +154,6 @@ def save_weights(weights: dict, path: Path, meta: dict) -> None:
     side = path.with_suffix(".meta.json")
     side.with_name(side.name + ".tmp").write_text(json.dumps({"weights": weights_fingerprint(path), **meta}, indent=1))
     os.replace(side.with_name(side.name + ".tmp"), side)
-
-
-def plot_curves(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] + 1 for h in history]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    a1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
-    a1.set_xlabel("epoch"), a1.set_ylabel("BCE"), a1.legend(), a1.grid(alpha=0.3)
-    a2.plot(epochs, [h["train_acc"] for h in history], "o-", label="train acc")
-    for key in ("acc", "ap", "r_acc", "f_acc"):
-        pts = [(h["epoch"] + 1, h["val"][key]) for h in history if h.get("val") and h["val"].get(key) is not None]
-        if pts:
-            a2.plot(*zip(*pts), "s--", label=f"val {key}")
-    a2.set_xlabel("epoch"), a2.set_ylim(0, 1.02), a2.legend(), a2.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
 
 
 def val_score(m: dict) -> tuple:
@@ -196,16 +179,24 @@ def load_state(out: Path, args) -> dict:
     state = torch.load(out / STATE, map_location="cpu", weights_only=False)
     if state["arch"] != args.arch:
         raise ValueError(f"--resume: {out} was trained as --arch {state['arch']}, not {args.arch}")
+    if state.get("mode", "plain") != training_mode(args):
+        raise ValueError(f"--resume: {out} was trained in mode {state.get('mode', 'plain')}, not {training_mode(args)} "
+                         "(--adversarial / --gen_train_type / --aug_blur must match)")
     return state
 
 
-def train_state(args, net, optimizer, *, epoch: int, step: int, steps_per_epoch: int, sums: list, history: list,
-                best, seconds: float) -> dict:
+def train_state(args, net, optimizer, game, *, epoch: int, step: int, steps_per_epoch: int, sums: list,
+                history: list, best, seconds: float) -> dict:
     """Everything --resume needs: at an epoch end (step 0) or mid-epoch (the epoch's step and running sums)."""
     weights = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     return {"arch": args.arch, "model": weights, "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
             "steps_per_epoch": steps_per_epoch, "sums": sums, "history": history, "best": best,
-            "train_seconds": seconds, "args": vars(args)}
+            "train_seconds": seconds, "args": vars(args), "mode": training_mode(args),
+            "adversarial": game.state_dict()}
+
+
+def training_mode(args) -> str:
+    return "adversarial-" + args.gen_train_type if args.adversarial else "aug_blur" if args.aug_blur else "plain"
 
 
 def train(args) -> int:
@@ -249,6 +240,8 @@ def train(args) -> int:
     sums = state.get("sums", [0.0, 0.0, 0.0, 0.0])  # loss * n, correct, n, seconds of the current epoch so far
     spent = state.get("train_seconds", 0.0)  # training time of earlier runs (the --max_minutes budget)
     model = distributed.wrap(net, ctx, device)
+    game = adversarial.AdversarialGame(args, device, wrap=lambda m: distributed.wrap(m, ctx, device))
+    game.load_state_dict(state.get("adversarial"))
 
     augment = Augment(args.crop_size, args.blur_prob, args.blur_sig, args.jpg_prob, args.jpg_qual, args.jpg_method,
                       level_probs=args.val_levels or None)
@@ -258,16 +251,16 @@ def train(args) -> int:
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "opt.json").write_text(json.dumps(vars(args), indent=2, default=str))
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out / "tb"))
+        writer = TrainLog(out / "tb", args)
         counts = {f: train_families.count(f) for f in dict.fromkeys(train_families)}
         cache = f", {dataset.images.nbytes / 2**20:.1f} MiB decoded in RAM" if args.cache_decoded else ""
         print(f"[{args.arch}] {len(train_samples)} train images {counts} / {len(val_samples)} val, balance "
               f"{args.balance}, {ctx.world} process(es), device {device}{cache}, {args.niter} epoch(s) x "
-              f"{steps_per_epoch} steps from epoch {start_epoch + 1} step {start_step}", flush=True)
+              f"{steps_per_epoch} steps from epoch {start_epoch + 1} step {start_step}, mode {training_mode(args)}",
+              flush=True)
     meta = {"arch": args.arch, "name": args.name, "dataroot": str(args.dataroot), "seed": args.seed,
-            "train_classes": list(dict.fromkeys(train_families)), "n_train": len(train_samples)}
+            "train_classes": list(dict.fromkeys(train_families)), "n_train": len(train_samples),
+            "mode": training_mode(args)}
     from tqdm import tqdm
 
     t_run, last_save, stop = time.time(), time.time(), False
@@ -286,6 +279,7 @@ def train(args) -> int:
                          initial=step, total=steps_per_epoch):
             x = normalize_batch(x.to(device, non_blocking=True))
             y = y.to(device, non_blocking=True)
+            x, y = game.detector_step_inputs(net, x, y, loss_fn)  # the batch, or it + adversarial copies
             logits = model(x)
             loss = loss_fn(logits, y)
             optimizer.zero_grad(set_to_none=True)
@@ -300,16 +294,18 @@ def train(args) -> int:
             sums = [a + b for a, b in zip(sums, reduced[:3])] + [sums[3]]
             step, stop = step + 1, reduced[3] > 0
             if writer is not None:
-                writer.add_scalar("train/loss", reduced[0] / reduced[2], global_step)
+                writer.step(global_step, loss=reduced[0] / reduced[2],
+                            adversary_loss=game.last_adv_loss if game.enabled else None)
             if ctx.main and not stop and step < steps_per_epoch and time.time() - last_save >= 60 * args.save_minutes:
-                save_atomic(train_state(args, net, optimizer, epoch=epoch, step=step, steps_per_epoch=steps_per_epoch,
+                save_atomic(train_state(args, net, optimizer, game, epoch=epoch, step=step, steps_per_epoch=steps_per_epoch,
                                         sums=sums[:3] + [time.time() - t0], history=history, best=best,
                                         seconds=spent + time.time() - t_run), out / STATE)
                 last_save = time.time()
             if stop:
                 break
         finished = step >= steps_per_epoch
-        record = {"epoch": epoch, "steps": step, "lr": lr_at(args, epoch), "train_loss": sums[0] / sums[2],
+        record = {"epoch": epoch, "steps": step, "global_step": epoch * steps_per_epoch + step,
+                  "lr": lr_at(args, epoch), "train_loss": sums[0] / sums[2],
                   "train_acc": sums[1] / sums[2], "seconds": round(time.time() - t0, 2), "val": None}
         if not finished:
             record["partial"] = True  # stopped by --max_steps/--max_minutes: replaced when a resume finishes it
@@ -317,12 +313,7 @@ def train(args) -> int:
             due = (epoch + 1) % max(args.val_every, 1) == 0 or epoch == args.niter - 1 or not finished
             if val_samples and due:
                 record["val"] = evaluate(net, detector, val_samples, args.batch_size, workers, device)
-                for k in ("acc", "ap", "r_acc", "f_acc"):
-                    if record["val"][k] is not None:
-                        writer.add_scalar(f"val/{k}", record["val"][k], epoch)
-            writer.add_scalar("train/epoch_loss", record["train_loss"], epoch)
-            writer.add_scalar("train/acc", record["train_acc"], epoch)
-            writer.add_scalar("train/lr", record["lr"], epoch)
+            writer.epoch(record["global_step"], record)
             history.append(record)
             weights = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
             info = {**meta, "epoch": epoch, "step": epoch * steps_per_epoch + step, "partial": not finished,
@@ -332,14 +323,15 @@ def train(args) -> int:
             if best is None or best["score"] is None or (score is not None and score > tuple(best["score"])):
                 best = {"epoch": epoch, "step": info["step"], "score": score}  # without validation, best = last
                 save_weights(weights, out / BEST, info)
-            save_atomic(train_state(args, net, optimizer, epoch=epoch + 1 if finished else epoch,
+            save_atomic(train_state(args, net, optimizer, game, epoch=epoch + 1 if finished else epoch,
                                     step=0 if finished else step, steps_per_epoch=steps_per_epoch,
                                     sums=[0.0] * 4 if finished else sums[:3] + [time.time() - t0], history=history,
                                     best=best, seconds=spent + time.time() - t_run), out / STATE)
             last_save = time.time()
             (out / "history.json").write_text(json.dumps({"arch": args.arch, "best": best, "history": history,
                                                           "steps_per_epoch": steps_per_epoch}, indent=2))
-            plot_curves(history, out / "curves.png")
+            plot_curves(history, out / "curves.png", title=f"{args.name}: {args.arch}, {training_mode(args)}, "
+                        f"{len(train_samples)} train images")
             val_txt = (f" val acc {record['val']['acc']:.3f} ap {record['val']['ap'] or 0:.3f} "
                        f"real {record['val']['r_acc'] or 0:.3f} fake {record['val']['f_acc'] or 0:.3f}"
                        if record["val"] else "")

@@ -75,6 +75,20 @@ def test_one_epoch_lowers_the_loss_and_writes_loadable_checkpoints(one_epoch, to
     assert (one_epoch / "curves.png").stat().st_size > 1000
 
 
+def test_tensorboard_logs_every_scalar_against_the_step_with_val_loss_auc_and_hparams(one_epoch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(one_epoch / "tb"))
+    acc.Reload()
+    for tag in ("val/loss", "val/auc", "val/ap", "val/acc", "train/epoch_loss", "train/acc", "train/lr"):
+        assert [e.step for e in acc.Scalars(tag)] == [8], tag  # the optimizer step the epoch ended at
+    assert [e.step for e in acc.Scalars("train/loss")] == list(range(8))
+    val = json.loads((one_epoch / "history.json").read_text())["history"][0]["val"]
+    assert acc.Scalars("val/loss")[0].value == pytest.approx(val["loss"], rel=1e-5) and val["loss"] > 0
+    hparams = acc.PluginTagToContent("hparams")
+    assert "_hparams_/experiment" in hparams and b"lr" in hparams["_hparams_/session_start_info"]
+
+
 def test_resume_continues_from_the_saved_epoch_and_matches_an_uninterrupted_run(one_epoch, toy, tmp_path):
     resumed = tmp_path / "resumed"
     subprocess.run(["cp", "-r", str(one_epoch), str(resumed)], check=True)
