@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from bitmind_lite.data.layout import LABELS
 from bitmind_lite.detectors.base import IMAGENET_MEAN, IMAGENET_STD
@@ -308,10 +308,11 @@ class EpochSampler(torch.utils.data.Sampler):
 class EvalDataset(torch.utils.data.Dataset):
     """(tensor, label) through a detector's own `preprocess`, so evaluation sees exactly what a miner serves.
 
-    `jpeg` re-encodes every image at that quality first (robustness tests: what a re-posted image goes through)."""
+    `jpeg` re-encodes every image at that quality first (robustness tests: what a re-posted image goes through);
+    `blur` applies a Gaussian blur of that sigma first (PIL's GaussianBlur radius is the sigma)."""
 
-    def __init__(self, samples: list[Sample], preprocess, jpeg: int | None = None):
-        self.samples, self.preprocess, self.jpeg = samples, preprocess, jpeg
+    def __init__(self, samples: list[Sample], preprocess, jpeg: int | None = None, blur: float | None = None):
+        self.samples, self.preprocess, self.jpeg, self.blur = samples, preprocess, jpeg, blur
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -320,6 +321,8 @@ class EvalDataset(torch.utils.data.Dataset):
         path, label = self.samples[i]
         with Image.open(path) as im:
             img = im.convert("RGB")
+        if self.blur is not None:
+            img = img.filter(ImageFilter.GaussianBlur(self.blur))
         if self.jpeg is not None:
             img = Image.fromarray(jpeg_roundtrip(img, self.jpeg))
         return self.preprocess(img), torch.tensor(float(label))

@@ -8,7 +8,8 @@ DATA/test holds one folder per generator, each with 0_real/1_fake (sub-categorie
 such a folder. A folder with real images only (e.g. test/real_holdout, photos never trained on) has no AP/AUC/MCC:
 it is left out of the mean and gets its own line, the share of reals called real (the "biased to fake" check).
 `reward` is the validator's own reward function (bitmind_lite.validator.reward) averaged over random windows of
-the folder's answers. `--jpeg 75,90` evaluates the same images again after a JPEG re-encode at each quality.
+the folder's answers. `--jpeg 75,90` evaluates the same images again after a JPEG re-encode at each quality,
+`--blur 1,2` after a Gaussian blur of each sigma.
 Images go through the detector's own preprocessing (no resize: center crop or tile to --input_size), and the scores
 are what a miner serves: the checkpoint's sidecar calibration is applied when present (--no_calib for raw).
 """
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--no_calib", action="store_true", help="ignore the checkpoint's .calib.json (raw sigmoid)")
     p.add_argument("--jpeg", default="", help="also test after a JPEG re-encode at these qualities, e.g. 75,90")
+    p.add_argument("--blur", default="", help="also test after a Gaussian blur of these sigmas, e.g. 1,2")
     p.add_argument("--json", default=None, help="write every metric (and per-image scores) here")
     p.add_argument("--plot", default=None, help="write per-generator ROC and precision-recall curves here (PNG)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -66,10 +68,10 @@ def checkpoint_meta(weights: Path | None) -> dict | None:
     return meta if meta.get("weights") == weights_fingerprint(weights) else None
 
 
-def score_samples(detector, samples, batch_size: int, workers: int = 0, jpeg: int | None = None, bar=None
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def score_samples(detector, samples, batch_size: int, workers: int = 0, jpeg: int | None = None, bar=None,
+                  blur: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     ys, ps = [], []
-    for x, y in loader(EvalDataset(samples, detector.preprocess, jpeg=jpeg), batch_size, workers):
+    for x, y in loader(EvalDataset(samples, detector.preprocess, jpeg=jpeg, blur=blur), batch_size, workers):
         ps.append(detector.predict(x))
         ys.append(y)
         if bar is not None:
@@ -78,12 +80,12 @@ def score_samples(detector, samples, batch_size: int, workers: int = 0, jpeg: in
 
 
 def evaluate_folders(detector, dataroot, batch_size: int = 32, workers: int = 0, classes=(), jpeg: int | None = None,
-                     bar=None) -> dict:
+                     bar=None, blur: float | None = None) -> dict:
     """{"rows": {generator: metrics}, "mean": over two-class folders, "real_only": {folder: share called real},
     "scores": {generator: {"y": [...], "p": [...]}}}."""
     rows, scores = {}, {}
     for name, folder in group_folders(dataroot, classes).items():
-        y, p = score_samples(detector, collect_samples(folder), batch_size, workers, jpeg, bar)
+        y, p = score_samples(detector, collect_samples(folder), batch_size, workers, jpeg, bar, blur)
         rows[name] = binary_metrics(y, p)
         scores[name] = {"y": y.tolist(), "p": [round(float(v), 6) for v in p]}
     real_only = {k: {"real_acc": r["r_acc"], "n_real": r["n_real"]} for k, r in rows.items()
@@ -138,6 +140,16 @@ def parse_qualities(text: str) -> list[int]:
     return qualities
 
 
+def parse_sigmas(text: str) -> list[float]:
+    try:
+        sigmas = [float(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--blur {text!r}: expected sigmas like 1,2") from None
+    if any(not 0 < s <= 20 for s in sigmas):
+        raise ValueError(f"--blur {text!r}: sigmas must be within (0, 20]")
+    return sigmas
+
+
 def write_json(path: str, obj) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     tmp = f"{path}.tmp"
@@ -155,7 +167,7 @@ def main(argv=None) -> int:
     if args.arch not in list_detectors():
         parser.error(f"unknown --arch {args.arch!r}; registered: {', '.join(list_detectors())}")
     try:
-        qualities = parse_qualities(args.jpeg)
+        qualities, sigmas = parse_qualities(args.jpeg), parse_sigmas(args.blur)
     except ValueError as e:
         parser.error(str(e))
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
@@ -168,11 +180,13 @@ def main(argv=None) -> int:
         folders = group_folders(dataroot, classes)
         from tqdm import tqdm
 
-        total = sum(len(collect_samples(f)) for f in folders.values()) * (1 + len(qualities))
+        total = sum(len(collect_samples(f)) for f in folders.values()) * (1 + len(qualities) + len(sigmas))
         with tqdm(total=total, desc="test", unit="img", disable=args.quiet, leave=False) as bar:
             result = evaluate_folders(detector, dataroot, args.batch_size, args.workers, classes, bar=bar)
             jpeg = {str(q): evaluate_folders(detector, dataroot, args.batch_size, args.workers, classes, q, bar)
                     for q in qualities}
+            blur = {f"{s:g}": evaluate_folders(detector, dataroot, args.batch_size, args.workers, classes, bar=bar,
+                                               blur=s) for s in sigmas}
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
         print(f"test.py: error: {e}", file=sys.stderr)
         return 2
@@ -182,10 +196,12 @@ def main(argv=None) -> int:
     print(format_table(result["rows"], result["mean"]))
     for q, res in jpeg.items():
         print(f"\nafter JPEG quality {q}:\n{format_table(res['rows'], res['mean'])}")
+    for s, res in blur.items():
+        print(f"\nafter Gaussian blur sigma {s}:\n{format_table(res['rows'], res['mean'])}")
     if args.json:
         write_json(args.json, {"arch": args.arch, "model_path": str(detector.weights_path), "version": detector.version,
                                "checkpoint": meta, "calibrated": cal is not None, "dataroot": dataroot,
-                               "input_size": args.input_size, **result, "jpeg": jpeg})
+                               "input_size": args.input_size, **result, "jpeg": jpeg, "blur": blur})
     if args.plot:
         plot_curves(result["scores"], result["rows"], args.plot, title=f"{label}  |  {dataroot}")
     return 0

@@ -66,7 +66,8 @@ def test_test_py_reports_every_metric_per_family_and_keeps_real_only_folders_out
     ckpt = toy_checkpoint(tmp_path / "net.pth")
     out, plot = tmp_path / "res.json", tmp_path / "curves.png"
     rc = npr_test.main(["--model_path", str(ckpt), "--dataroot", str(data), "--batch_size", "5", "--input_size", "48",
-                        "--device", "cpu", "--json", str(out), "--plot", str(plot), "--jpeg", "75", "--quiet"])
+                        "--device", "cpu", "--json", str(out), "--plot", str(plot), "--jpeg", "75", "--blur", "1.5",
+                        "--quiet"])
     assert rc == 0
     res = json.loads(out.read_text())
     assert set(res["rows"]) == {"gan_a", "gan_b", "holdout"} and res["version"] == weights_fingerprint(ckpt)
@@ -87,6 +88,8 @@ def test_test_py_reports_every_metric_per_family_and_keeps_real_only_folders_out
     assert res["real_only"] == {"holdout": {"real_acc": res["rows"]["holdout"]["r_acc"], "n_real": 4}}
     assert set(res["jpeg"]) == {"75"} and set(res["jpeg"]["75"]["rows"]) == set(res["rows"])
     assert res["jpeg"]["75"]["scores"]["gan_b"]["p"] != res["scores"]["gan_b"]["p"]  # really re-encoded
+    assert set(res["blur"]) == {"1.5"} and set(res["blur"]["1.5"]["rows"]) == set(res["rows"])
+    assert res["blur"]["1.5"]["scores"]["gan_b"]["p"] != res["scores"]["gan_b"]["p"]  # really blurred
     # the scores are the detector's own predictions on those files
     det = create_detector("npr", weights=ckpt, device="cpu", input_size=48)
     from PIL import Image

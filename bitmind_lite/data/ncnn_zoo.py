@@ -40,6 +40,7 @@ takes > 2 s, so none is left out of the random choice.
 """
 from __future__ import annotations
 
+import collections
 import importlib.metadata
 import importlib.util
 import re
@@ -258,6 +259,9 @@ def _crop_padded(arr: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> np.ndar
     return np.pad(inner, pad, mode="edge") if any(p for pair in pad for p in pair) else inner
 
 
+MAX_NETS = 4  # loaded nets kept per source (see NcnnZooSource.net)
+
+
 class NcnnZooSource:
     """Fake source over pretrained ncnn super-resolution families (see the module docstring).
 
@@ -283,7 +287,10 @@ class NcnnZooSource:
         self.device = device  # accepted because mixes pass it to every network kind; ncnn always runs on CPU here
         self.variants = {f: find_variants(f) for f in self.families}
         self.versions = {f: importlib.metadata.version(PROGRAMS[f].package) for f in self.families}
-        self._nets: dict[str, tuple] = {}  # .param path -> (ncnn.Net, ParamFile)
+        # .param path -> (ncnn.Net, ParamFile), least recently used first. Bounded: every net keeps its own pool of
+        # blob memory sized for the largest window it ran (an upscaled 256 px window is ~1 GB in some), so a worker
+        # that had cached all 60-odd variants held 6-12 GB and two such were OOM-killed on a 24 GB machine.
+        self._nets: collections.OrderedDict[str, tuple] = collections.OrderedDict()
         self._lock = threading.Lock()
 
     def describe(self) -> dict:
@@ -292,11 +299,16 @@ class NcnnZooSource:
                 "models": {f: [v.param for v in vs] for f, vs in self.variants.items()}}
 
     def net(self, v: Variant):
-        """The loaded ncnn.Net for a model file (cached: loading costs ~50 ms). Nets are shared between threads;
-        each forward pass makes its own Extractor, which ncnn supports concurrently."""
+        """The loaded ncnn.Net for a model file (an LRU cache of MAX_NETS: loading costs ~50 ms). Nets are shared
+        between threads; each forward pass makes its own Extractor, which ncnn supports concurrently. An evicted
+        net is freed when the last pass using it drops its reference."""
         key = str(v.folder / v.param)
         with self._lock:
-            if key not in self._nets:
+            if key in self._nets:
+                self._nets.move_to_end(key)
+            else:
+                while len(self._nets) >= MAX_NETS:
+                    self._nets.popitem(last=False)
                 net = self._ncnn.Net()
                 net.opt.use_vulkan_compute = False
                 net.opt.num_threads = self.num_threads
