@@ -51,8 +51,8 @@ setup(
     packages=find_packages(include=["bitmind_lite", "bitmind_lite.*", "base_miner", "base_miner.*"])
     + ["bitmind_lite.weights"],
     package_dir={"bitmind_lite.weights": "weights"},
-    package_data={"bitmind_lite": ["data/*.json"],
-                  "bitmind_lite.weights": ["*.pth", "*.calib.json", "*.int8.onnx", "*.md"]},
+    package_data={"bitmind_lite": ["data/*.json", "validator/static/*"],
+                  "bitmind_lite.weights": ["*.pth", "*.calib.json", "*.meta.json", "*.int8.onnx", "*.md", "*.png"]},
     install_requires=CORE,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["bitmind-lite=bitmind_lite.cli:main"]},

@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "miner": ("bitmind_lite.miner.run", "run a miner: the detector behind a signed HTTP endpoint"),
     "validator": ("bitmind_lite.validator.run", "run a validator: challenge miners, score them, set weights"),
     "localnet": ("bitmind_lite.localnet", "a whole subnet on this machine: devnet, miners, a validator, a leaderboard"),
+    "bench": ("bitmind_lite.benchmark", "what a detector or a live miner would earn from the validators' challenges"),
+    "dashboard": ("bitmind_lite.validator.dashboard", "a read-only web page over a validator's state folder"),
 }
 
 

@@ -141,6 +141,8 @@ class ValidatorNeuronConfig(Section):
     rounds: int = Field(0, ge=0, description="stop after this many challenges (0 = run forever)")
     metrics_port: Optional[int] = Field(None, ge=1, le=65535, description="serve Prometheus /metrics here")
     metrics_ip: str = Field("127.0.0.1", description="address the /metrics server binds")
+    dashboard_address: str = Field("", description="HOST:PORT of the read-only dashboard page (e.g. 127.0.0.1:8092; "
+                                   "it shows challenge labels: keep it on 127.0.0.1); empty: off")
     min_valid: int = Field(5, ge=1, le=100, description="valid answers a miner needs before it earns any reward")
     sync_interval: float = Field(60.0, gt=0, description="seconds between metagraph refreshes")
     vpermit_stake_limit: float = Field(4096.0, ge=0, description="neurons with a validator permit and more stake "

@@ -1,5 +1,8 @@
 """`bitmind-lite detect IMAGE...`: the simplest useful thing to do with the model.
 
+A detector that names the generator (`--detector dnadet`) adds its attribution: the most likely architecture and
+its probability (with --json, every class's probability).
+
 Exit status: 0 every image scored; 1 some could not be read (the others are still scored); 2 bad options, unusable
 weights, or no path that is a file (checked before the model loads: `detect DIR` says to pass the files in it).
 """
@@ -10,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+import torch
 from PIL import Image, UnidentifiedImageError
 
 from bitmind_lite.detectors import create_detector, list_detectors
@@ -18,6 +22,19 @@ from bitmind_lite.log import setup_logging
 
 def _verdict(p: float, threshold: float) -> str:
     return "AI-generated" if p > threshold else "real"
+
+
+def score(detector, img: Image.Image) -> tuple[float, dict | None]:
+    """(P(AI), the detector's attribution dict or None) for one image."""
+    p, guesses = detector.predict_with_attribution(torch.stack([detector.preprocess(img)]))
+    return float(p[0]), guesses[0] if guesses else None
+
+
+def _attribution_text(guess: dict | None) -> str:
+    if guess is None:
+        return ""
+    p = guess.get("probs", {}).get(guess["label"])
+    return f"\tarchitecture={guess['label']}" + (f" ({p:.2f})" if p is not None else "")
 
 
 def path_problem(path: str) -> str | None:
@@ -59,14 +76,15 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with Image.open(path) as im:
                 im.load()
-                p = detector.predict_images([im.convert("RGB")])[0]
+                p, guess = score(detector, im.convert("RGB"))
         except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
             failures += 1
             print(f"{path}: cannot read image: {e}", file=sys.stderr)
             continue
         if args.json:
-            print(json.dumps({"path": path, "p_ai": round(p, 6), "verdict": _verdict(p, args.threshold),
-                              "detector": detector.describe()}))
+            row = {"path": path, "p_ai": round(p, 6), "verdict": _verdict(p, args.threshold),
+                   "detector": detector.describe()}
+            print(json.dumps(row if guess is None else {**row, "attribution": guess}))
         else:
-            print(f"{path}\tP(AI)={p:.4f}\t{_verdict(p, args.threshold)}")
+            print(f"{path}\tP(AI)={p:.4f}\t{_verdict(p, args.threshold)}{_attribution_text(guess)}")
     return 1 if failures else 0

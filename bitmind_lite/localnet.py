@@ -9,7 +9,7 @@
    (npr_raw, random, ...);
 3. the validator (built by `validator.run.build_validator`, driven through `Validator`'s public methods) runs N
    challenges at a fast interval, printing one line per challenge, and sets weights on the devnet through the same
-   SDK calls it uses on finney;
+   SDK calls it uses on finney; its dashboard (validator/dashboard.py) is served meanwhile, at the URL printed;
 4. a leaderboard (also written as JSON), then every process is stopped: SIGTERM to its process group, SIGKILL after
    a grace period; the same on Ctrl-C.
 """
@@ -174,21 +174,43 @@ def set_final_weights(validator, last_report, timeout: float = 15.0):
 
 
 def leaderboard(validator, miners: list[MinerProcess], chain_weights: dict[int, float]) -> list[dict]:
-    from bitmind_lite.validator.reward import metrics
+    from bitmind_lite.validator.dashboard_data import miner_row
+    from bitmind_lite.validator.reward import reward
 
     rows = []
     for m in miners:
         record = validator.state.miners.get(m.uid)
         if record is None:
             continue
-        mm = metrics(record.history, validator.cfg.neuron.min_valid)
-        valid = record.history.valid()
-        hits = sum((p > 0.5) == bool(label) for p, label in valid)
-        rows.append({"uid": m.uid, "name": m.name, "detector": m.detector, "hotkey": m.hotkey,
-                     "answers": mm.answers, "valid": mm.valid, "accuracy": round(hits / len(valid), 4) if valid else 0.0,
-                     "mcc": round(mm.mcc, 4), "brier": round(mm.brier, 4), "reward": round(mm.reward, 4),
-                     "score": round(record.score, 4) + 0.0, "weight": round(chain_weights.get(m.uid, 0.0), 4)})
+        rows.append({**miner_row(m.uid, record), "name": m.name, "detector": m.detector,
+                     "reward": round(reward(record.history, validator.cfg.neuron.min_valid), 4),
+                     "weight": round(chain_weights.get(m.uid, 0.0), 4)})
     return sorted(rows, key=lambda r: -r["weight"])
+
+
+async def run_validator(validator, rounds: int, on_round, dashboard: Optional[tuple[str, int]]) -> None:
+    """The challenge loop, with the validator's dashboard served from the same event loop while it runs.
+
+    Ctrl-C sets the validator's stop event (it finishes the challenge in flight) and then raises KeyboardInterrupt
+    here. Why not asyncio.run's own SIGINT handling: it cancels the task, and on a loaded machine that cancel can
+    land inside a query's `asyncio.timeout` as it expires, which (Python 3.11) reports a timeout instead and the
+    rounds go on.
+    """
+    from bitmind_lite.validator import dashboard as dash
+
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
+    runner = None
+    if dashboard is not None:
+        runner = await dash.serve(validator.cfg.neuron.state_dir, *dashboard)
+        print(f"dashboard: {dash.url(runner)} (while the localnet runs)", flush=True)
+    try:
+        await validator.run(rounds=rounds, stop=stop, on_round=on_round)
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+    if stop.is_set():
+        raise KeyboardInterrupt
 
 
 def family_accuracy(reports, miners: list[MinerProcess]) -> dict[str, dict]:
@@ -284,7 +306,7 @@ def run(args) -> dict:
             reports.append(report)
             print(progress_line(report, names, args.rounds), flush=True)
 
-        asyncio.run(validator.run(rounds=args.rounds, on_round=on_round))
+        asyncio.run(run_validator(validator, args.rounds, on_round, args.dashboard))
         final = set_final_weights(validator, reports[-1] if reports else None)
         on_chain = chain.weights().get(vali_uid, {})
         rows = leaderboard(validator, miners, on_chain)
@@ -296,6 +318,8 @@ def run(args) -> dict:
                   "devnet": str(db), "dir": None if temporary else str(root),
                   "seconds": round(time.monotonic() - started, 1)}
         print(f"\nweights on chain from block {result['weights_block']}; {result['seconds']:.0f} s in all")
+        if not temporary:
+            print(f"dashboard of this run: bitmind-lite dashboard --dir {root / 'validator'}")
         finished = True
         return result
     finally:
@@ -330,9 +354,20 @@ def main(argv: Optional[list[str]] = None) -> int:
                                                      "offline); see `bitmind-lite data families`")
     parser.add_argument("--start-timeout", type=float, default=180.0, help="seconds the miners get to become healthy")
     parser.add_argument("--log-level", default="WARNING", help="validator log level (miners log to files)")
+    parser.add_argument("--dashboard", default="127.0.0.1:0", help="HOST:PORT of the validator's dashboard while "
+                                                                   "the localnet runs (port 0: a free one); off: none")
     args = parser.parse_args(argv)
     if args.miners < 1 or args.rounds < 1:
         parser.error("--miners and --rounds must be at least 1")
+    if args.dashboard == "off":
+        args.dashboard = None
+    else:
+        from bitmind_lite.validator.dashboard import parse_address
+
+        try:
+            args.dashboard = parse_address(args.dashboard, "--dashboard")
+        except ValueError as e:
+            parser.error(str(e))
     signal.signal(signal.SIGTERM, _interrupt)  # a supervisor's SIGTERM cleans up like Ctrl-C does
     try:
         result = run(args)

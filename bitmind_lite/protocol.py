@@ -2,7 +2,8 @@
 
 Everything a node needs to agree on lives here: the request/response models, the error kinds and their statuses,
 the limits, the only two functions that turn images into wire strings and back, and the one reader of answers
-(`parse_detect_answer`). Both sides import these, so a limit changes in one place.
+(`read_detect_answer`; `parse_detect_answer` is its scored part). Both sides import these, so a limit changes in
+one place.
 """
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ import io
 import json
 import math
 from enum import Enum
-from typing import Optional, Union
+from typing import Annotated, Optional, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_serializer, model_validator
 
 # ---- limits (one place; the miner maps violations to HTTP 413/415/400) ----
 MAX_BODY_BYTES = 8 * 1024 * 1024  # whole JSON request body
@@ -31,6 +32,7 @@ DETECT_PATH = "/v1/detect"
 # The caller's own timeout in seconds, sent with each request: a miner drops a request whose caller has given up
 # instead of computing an answer nobody reads (the miner caps it by its own request_timeout).
 DEADLINE_HEADER = "X-Bitmind-Timeout"
+MAX_ATTRIBUTION_CLASSES = 32  # classes in an answer's attribution: ~3 KB at most, far below an answer's limit
 
 
 class ErrorKind(str, Enum):
@@ -86,6 +88,21 @@ class DetectRequest(BaseModel):
 ImageSynapse = DetectRequest  # the name the request had under the old Synapse-based stack
 
 
+ClassName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0, strict=True, allow_inf_nan=False)]
+
+
+class Attribution(BaseModel):
+    """A detector's guess of the generator *architecture* behind an image (informative; scoring weight 0 by default,
+    see docs/incentive.md). `label` is the most likely generator class, `probs` every class's probability, "real"
+    included, so P(real) + the rest = 1 for a softmax detector (not checked: other detectors may mean other things)."""
+
+    label: str = Field(..., min_length=1, max_length=128, description="most likely generator architecture "
+                       "(e.g. realcugan)")
+    probs: dict[ClassName, Probability] = Field(default_factory=dict, max_length=MAX_ATTRIBUTION_CLASSES,
+                                                description="probability of each class, 'real' included")
+
+
 class DetectResponse(BaseModel):
     """What a miner sends back: the answer only, never the image (the old stack echoed 26 KB per answer).
 
@@ -100,12 +117,30 @@ class DetectResponse(BaseModel):
     version: str = Field("", max_length=64, description="version (weights fingerprint) of that detector")
     attribution: Optional[str] = Field(None, max_length=128,
                                        description="optional guess of the generator family; not scored")
+    # The class probabilities ride in a field of their own: validators that predate it declare `attribution` a
+    # string, so an object there would make them refuse (and zero) the whole answer; an unknown field they ignore.
+    attribution_detail: Optional[Attribution] = Field(None, description="the same guess with every class's "
+                                                      "probability; not scored")
+
+    @model_validator(mode="after")
+    def _label_from_detail(self):
+        if self.attribution is None and self.attribution_detail is not None:
+            self.attribution = self.attribution_detail.label  # what a validator reading only `attribution` sees
+        return self
+
+    def attribution_guess(self) -> Optional[Attribution]:
+        """The guess as one model: the detail when sent, else the bare label (miners that send only the name)."""
+        if self.attribution_detail is not None or self.attribution is None:
+            return self.attribution_detail
+        return Attribution(label=self.attribution)
 
     @model_serializer(mode="wrap")
     def _omit_missing_attribution(self, handler):
         data = handler(self)  # an answer without attribution stays the three fields miners have always sent
-        if isinstance(data, dict) and data.get("attribution") is None:
-            data.pop("attribution", None)
+        if isinstance(data, dict):
+            for key in ("attribution", "attribution_detail"):
+                if data.get(key) is None:
+                    data.pop(key, None)
         return data
 
 
@@ -114,26 +149,33 @@ def is_valid_prediction(p: object) -> bool:
     return isinstance(p, (int, float)) and not isinstance(p, bool) and math.isfinite(p) and 0.0 <= p <= 1.0
 
 
-def parse_detect_answer(status: int, raw: bytes) -> tuple[Optional[float], Optional[str], Optional[str]]:
-    """(prediction, detector, error) from a miner's HTTP answer; error is None exactly when prediction is valid.
+def read_detect_answer(status: int, raw: bytes) -> tuple[Optional[DetectResponse], Optional[str]]:
+    """(the validated answer, error) from a miner's HTTP answer; error is None exactly when there is an answer.
 
-    The one reader of answers: the validator, the benchmarks and the test miners all judge an answer here.
+    The one reader of answers: the validator, the benchmarks and the test miners all judge an answer here (directly
+    or through `parse_detect_answer`). The answer keeps everything the miner sent that the protocol knows,
+    the attribution included.
     """
     if status != 200:
         if 300 <= status < 400:
-            return None, None, f"redirect (3xx) refused: HTTP {status}"
+            return None, f"redirect (3xx) refused: HTTP {status}"
         try:
             detail = json.loads(raw).get("detail")
         except (ValueError, AttributeError):
             detail = None
-        return None, None, f"HTTP {status}" + (f": {str(detail)[:200]}" if detail else "")
+        return None, f"HTTP {status}" + (f": {str(detail)[:200]}" if detail else "")
     if not raw:
-        return None, None, "empty answer"
+        return None, "empty answer"
     try:
-        answer = DetectResponse.model_validate_json(raw)
+        return DetectResponse.model_validate_json(raw), None
     except ValidationError as e:
-        return None, None, _answer_error(e.errors()[0])
-    return answer.prediction, answer.detector, None
+        return None, _answer_error(e.errors()[0])
+
+
+def parse_detect_answer(status: int, raw: bytes) -> tuple[Optional[float], Optional[str], Optional[str]]:
+    """(prediction, detector, error): `read_detect_answer` for callers that need only the scored part."""
+    answer, error = read_detect_answer(status, raw)
+    return (None, None, error) if answer is None else (answer.prediction, answer.detector, None)
 
 
 def _answer_error(first: dict) -> str:

@@ -34,23 +34,35 @@ if ! command -v pm2 >/dev/null 2>&1; then
   fi
 fi
 
+# deb_install WHAT PKG...: apt-get install those of PKG that are missing, as root or with passwordless sudo (after an
+# apt-get update when the first try fails); otherwise, or on failure, one line saying what is lost (WHAT). Never fatal.
+deb_install() {
+  local what=$1 pkg missing="" as_root=""
+  shift
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
+  done
+  [ -n "$missing" ] || return 0
+  if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] || sudo -n true 2>/dev/null; }; then
+    [ "$(id -u)" = 0 ] || as_root="sudo -n"
+    # shellcheck disable=SC2086
+    $as_root apt-get install -y -q --no-install-recommends $missing >/dev/null 2>&1 \
+      || { $as_root apt-get update -q >/dev/null 2>&1 && $as_root apt-get install -y -q --no-install-recommends $missing >/dev/null 2>&1; } \
+      || echo "warning: could not apt-get install$missing; $what" >&2
+  else
+    echo "note: not root (and no passwordless sudo) or no apt-get, so$missing not installed; $what." \
+         "As root: apt-get install -y --no-install-recommends$missing" >&2
+  fi
+}
+
 # Debian wallpaper packages that carry photographs for the `bundled` real pool (`bundled:debian`, 25 photos; see
 # bitmind_lite/data/debian_photos.json). Only files under /usr/share/backgrounds are read. ukui-wallpapers and
-# sway-backgrounds hold no photographs, so they are not installed.
-DEB_PHOTO_PACKAGES="mate-backgrounds lomiri-wallpapers"  # lomiri-wallpapers pulls its -16.04 and -20.04 parts
-deb_missing=""
-for pkg in $DEB_PHOTO_PACKAGES; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || deb_missing="$deb_missing $pkg"
-done
-if [ -n "$deb_missing" ]; then
-  if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] || sudo -n true 2>/dev/null; }; then
-    as_root=""; [ "$(id -u)" = 0 ] || as_root="sudo -n"
-    # shellcheck disable=SC2086
-    $as_root apt-get install -y -q --no-install-recommends $deb_missing >/dev/null 2>&1 \
-      || { $as_root apt-get update -q >/dev/null 2>&1 && $as_root apt-get install -y -q --no-install-recommends $deb_missing >/dev/null 2>&1; } \
-      || echo "warning: could not apt-get install$deb_missing; the bundled pool will lack their photos" >&2
-  else
-    echo "note: not root (and no passwordless sudo) or no apt-get, so the Debian photo packages are not installed;" \
-         "the bundled pool lacks their photos. As root: apt-get install -y --no-install-recommends$deb_missing" >&2
-  fi
-fi
+# sway-backgrounds hold no photographs, so they are not installed. lomiri-wallpapers pulls its -16.04 and -20.04 parts.
+deb_install "the bundled pool will lack their photos" mate-backgrounds lomiri-wallpapers
+
+# Chromium, for the dashboard's headless-browser test (tests/test_dashboard_browser.py): under CI (CI set, as .ci/run
+# does) or with WITH_BROWSER=1 only, since running a node never needs a browser.
+case "${WITH_BROWSER:-${CI:-}}" in
+  ""|false|0) ;;
+  *) deb_install "the dashboard browser test will be skipped" chromium ;;
+esac

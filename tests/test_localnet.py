@@ -14,6 +14,10 @@ import pytest
 from bitmind_lite.detectors import default_weights
 
 
+MINER_URL = r"miner\d+: uid \d+, detector \S+, http://127\.0\.0\.1:(\d+)"
+DASHBOARD_URL = r"dashboard: http://127\.0\.0\.1:(\d+)/"
+
+
 def _cli() -> list[str]:
     exe = shutil.which("bitmind-lite")
     return [exe] if exe else [sys.executable, "-m", "bitmind_lite.cli"]
@@ -48,8 +52,10 @@ def test_localnet_scores_miners_and_sets_weights_on_chain(tmp_path):
     for fams in per_family.values():  # every answer is counted under its challenge's family
         assert sum(c["n"] for c in fams.values()) == rounds
         assert set(fams) <= {"real", "nearest", "bilinear", "bicubic", "transposed", "pixelshuffle"}
-    ports = [int(p) for p in re.findall(r"http://127\.0\.0\.1:(\d+)", r.stdout)]
+    ports = [int(p) for p in re.findall(MINER_URL, r.stdout)]
     assert len(ports) == 3 and not any(_listening(p) for p in ports), "every miner process was stopped"
+    (dashboard,) = re.findall(DASHBOARD_URL, r.stdout)
+    assert not _listening(int(dashboard)), "the dashboard was stopped"
     if default_weights("npr") is None:
         pytest.skip("weights/npr.pth is not bundled yet: the NPR-beats-random check needs trained weights")
     assert rows["npr"]["weight"] > rows["random"]["weight"]
@@ -65,8 +71,9 @@ def test_ctrl_c_stops_every_process(tmp_path):
         lines.append(line)
         if "round   2/" in line or time.time() > deadline:
             break
-    ports = [int(p) for p in re.findall(r"http://127\.0\.0\.1:(\d+)", "".join(lines))]
-    assert len(ports) == 1 and all(_listening(p) for p in ports), "".join(lines)
+    ports = [int(p) for p in re.findall(MINER_URL, "".join(lines))]
+    ports += [int(p) for p in re.findall(DASHBOARD_URL, "".join(lines))]
+    assert len(ports) == 2 and all(_listening(p) for p in ports), "".join(lines)  # the miner and the dashboard
     os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C sends to the foreground process
     rest, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, rest

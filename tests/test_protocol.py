@@ -12,7 +12,8 @@ from PIL import Image
 from pydantic import ValidationError
 
 from bitmind_lite.protocol import (
-    MAX_PIXELS, DetectRequest, DetectResponse, ImageSynapse, InvalidImage, decode_image, encode_image,
+    MAX_ATTRIBUTION_CLASSES, MAX_PIXELS, DetectRequest, DetectResponse, ImageSynapse, InvalidImage, decode_image,
+    encode_image, parse_detect_answer, read_detect_answer,
 )
 
 
@@ -123,6 +124,29 @@ def test_response_validates_predictions():
         "prediction", "detector", "version"}
     with_guess = DetectResponse(prediction=0.5, detector="npr", version="v", attribution="sdxl")
     assert DetectResponse.model_validate_json(with_guess.model_dump_json()).attribution == "sdxl"
+
+
+def test_attribution_detail_is_bounded_optional_and_names_the_label():
+    detail = {"label": "realcugan", "probs": {"real": 0.1, "realcugan": 0.7, "srmd": 0.2}}
+    answer = DetectResponse(prediction=0.9, detector="dnadet", version="v", attribution_detail=detail)
+    assert answer.attribution == "realcugan"  # what a validator that only knows `attribution` reads
+    wire = answer.model_dump_json().encode()
+    parsed, error = read_detect_answer(200, wire)
+    assert error is None and parsed.attribution_detail.model_dump() == detail
+    assert parsed.attribution_guess().label == "realcugan"
+    assert parse_detect_answer(200, wire) == (0.9, "dnadet", None)
+    assert "attribution_detail" not in DetectResponse(prediction=0.5, attribution="sdxl").model_dump()
+    assert DetectResponse(prediction=0.5, attribution="sdxl").attribution_guess().model_dump() == {
+        "label": "sdxl", "probs": {}}  # a miner that sends only the name
+    assert DetectResponse(prediction=0.5).attribution_guess() is None
+    too_many = {f"c{i}": 0.0 for i in range(MAX_ATTRIBUTION_CLASSES + 1)}
+    for bad in ({"label": "x", "probs": too_many}, {"label": "x", "probs": {"x": 1.5}},
+                {"label": "x", "probs": {"x": float("nan")}}, {"label": "x", "probs": {"x" * 65: 0.5}},
+                {"label": "", "probs": {}}, {"probs": {"x": 0.5}}, "realcugan"):
+        with pytest.raises(ValidationError):
+            DetectResponse(prediction=0.5, attribution_detail=bad)
+    assert len(DetectResponse(prediction=0.5, attribution_detail={"label": "x" * 128, "probs": {
+        f"{i:064d}": 0.03 for i in range(MAX_ATTRIBUTION_CLASSES)}}).model_dump_json()) < 4096
 
 
 def test_request_is_the_image_only():

@@ -187,12 +187,28 @@ def incentives(rows: list[sqlite3.Row], weights: dict[int, list[tuple[int, int]]
     return [t / total for t in totals] if total else totals
 
 
+def trusts(rows: list[sqlite3.Row], weights: dict[int, list[tuple[int, int]]]) -> list[float]:
+    """Per uid, the stake share of the permitted validators whose latest weights include it (Yuma's trust without
+    its consensus clipping): how much of the subnet's validation stands behind a miner."""
+    support, total = [0.0] * len(rows), 0.0
+    for r in rows:
+        row = weights.get(r["uid"])
+        if row and r["validator_permit"]:
+            stake = max(float(r["stake_rao"]), 1.0)  # as in incentives(): a zero-stake validator still counts
+            total += stake
+            for dest, value in row:
+                if value and dest < len(support):
+                    support[dest] += stake
+    return [x / total for x in support] if total else support
+
+
 def _metagraph(con, p, block, args):
     if not _ours(p, args[0]):
         return None
     rows = neurons(con)
     n = len(rows)
-    incentive = [round(x * U16_MAX) for x in incentives(rows, weight_rows(con))]
+    weights = weight_rows(con)
+    incentive = [round(x * U16_MAX) for x in incentives(rows, weights)]
     owner = rows[0] if rows else None
     zeros = [0] * n
     return {
@@ -207,7 +223,8 @@ def _metagraph(con, p, block, args):
         "identities": [None] * n, "axons": [axon_info(r) for r in rows], "active": [True] * n,
         "validator_permit": [bool(r["validator_permit"]) for r in rows], "pruning_score": zeros,
         "last_update": [r["last_update"] for r in rows], "emission": zeros, "dividends": zeros,
-        "incentives": incentive, "consensus": zeros, "trust": zeros, "rank": incentive,
+        "incentives": incentive, "consensus": zeros,
+        "trust": [round(x * U16_MAX) for x in trusts(rows, weights)], "rank": incentive,
         "block_at_registration": [r["registered_at"] for r in rows],
         "alpha_stake": [r["stake_rao"] for r in rows], "tao_stake": zeros,
         "total_stake": [r["stake_rao"] for r in rows],

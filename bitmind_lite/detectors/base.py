@@ -92,6 +92,11 @@ class Detector:
     def predict(self, batch: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def predict_with_attribution(self, batch: torch.Tensor) -> tuple[torch.Tensor, list[dict] | None]:
+        """(P(AI) as `predict` returns it, one `protocol.Attribution`-shaped dict per image or None). Detectors that
+        can name the generator override this; the miner sends what it returns along with the prediction."""
+        return self.predict(batch), None
+
     def predict_images(self, images: list[Image.Image]) -> list[float]:
         """Convenience for CLIs and tests: preprocess, stack, predict, return floats."""
         batch = torch.stack([self.preprocess(im) for im in images])

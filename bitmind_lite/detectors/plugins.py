@@ -49,3 +49,4 @@ def random_detector(weights=None, device="auto", runtime: str = "eager", **kw) -
         raise ValueError("the random detector takes no weights")
     # no network, so every runtime is the same; accepting it lets `--neuron.runtime` stay set when switching detectors
     return RandomDetector(device=device, **kw)
+from bitmind_lite.detectors import dnadet  # noqa: F401,E402

@@ -1,8 +1,8 @@
-"""The miner's HTTP API (FastAPI): POST /v1/detect, GET /health, GET /metrics.
+"""The miner's HTTP API (FastAPI): POST /v1/detect, GET /health, GET /metrics, GET /stats.
 
-On the public port, /metrics is served unless --neuron.metrics_address moves it to its own address (service.py),
-and the API schema and docs (/openapi.json, /docs, /redoc) only with --neuron.openapi: by default a stranger learns
-nothing the validators do not need.
+On the public port, /metrics and /stats (loopback callers only) are served unless --neuron.metrics_address moves
+them to their own address (service.py), and the API schema and docs (/openapi.json, /docs, /redoc) only with
+--neuron.openapi: by default a stranger learns nothing the validators do not need.
 
 A detect request goes: size-limited body read (413) -> btauth/1 signature check (401) -> metagraph gate
 (403/429/503) -> parse (400) -> fair, deadline-aware batcher (413/415/400 for bad images, 503 when it cannot be
@@ -18,6 +18,7 @@ Every refusal is a `Rejection` carrying an `ErrorKind`; one exception handler an
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import math
 import time
 from contextlib import asynccontextmanager
@@ -75,6 +76,18 @@ def caller_timeout(header: Optional[str], cap: float) -> float:
     return min(seconds, cap) if seconds > 0 and math.isfinite(seconds) else cap
 
 
+FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
+
+
+def from_this_machine(request: Request) -> bool:
+    """A loopback peer that no proxy forwarded (a reverse proxy on this host makes every client look local)."""
+    try:
+        local = request.client is not None and ipaddress.ip_address(request.client.host).is_loopback
+    except ValueError:
+        return False
+    return local and not any(h in request.headers for h in FORWARDING_HEADERS)
+
+
 def refusal_response(exc: Rejection) -> JSONResponse:
     headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))} if exc.retry_after is not None else None
     return JSONResponse({"detail": exc.message, "kind": exc.kind.value}, status_code=exc.status, headers=headers)
@@ -102,8 +115,8 @@ class DetectMetrics:
             await self.app(scope, receive, send_and_record)
         finally:
             seconds = time.perf_counter() - start
-            self.metrics.observe_request(status, seconds)
             state = scope.get("state") or {}
+            self.metrics.observe_request(status, seconds, state.get("caller"))
             logger.debug(f"detect {status} in {seconds * 1000:.1f} ms for {state.get('caller', 'unauthenticated')}"
                          f"{state.get('outcome', '')}")
 
@@ -209,7 +222,8 @@ def create_app(service: "MinerService") -> FastAPI:
             raise Rejection(f"inference timed out after {auth.timeout:g}s", ErrorKind.timeout) from None
         request.state.outcome = (f": {prediction.value:.4f} (batch of {prediction.batch_size}, "
                                  f"{prediction.model_ms:.0f} ms model)")
-        answer = DetectResponse(prediction=prediction.value, detector=detector.name, version=prediction.version)
+        answer = DetectResponse(prediction=prediction.value, detector=detector.name, version=prediction.version,
+                                attribution_detail=prediction.attribution)
         return Response(answer.model_dump_json(), media_type="application/json",
                         headers={MODEL_MS_HEADER: f"{prediction.model_ms:.3f}",
                                  BATCH_HEADER: str(prediction.batch_size)})
@@ -224,6 +238,16 @@ def create_app(service: "MinerService") -> FastAPI:
         async def metrics() -> Response:
             """Prometheus text exposition of this miner's registry."""
             return Response(service.metrics.render(), media_type=CONTENT_TYPE)
+
+        @app.get("/stats", include_in_schema=False)
+        async def stats(request: Request) -> dict:
+            """This miner's standing and its last hour per validator, for `bitmind-lite miner stats`. With no
+            operator address (--neuron.metrics_address) it is answered on this public port to loopback callers
+            only: who queries this miner, how often and how fast is the operator's business, not a stranger's."""
+            if not from_this_machine(request):
+                raise Rejection("/stats answers loopback callers only (or set --neuron.metrics_address)",
+                                ErrorKind.forbidden)
+            return await service.stats()
 
     @app.exception_handler(Rejection)
     async def refused(request: Request, exc: Rejection) -> JSONResponse:

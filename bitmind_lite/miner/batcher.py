@@ -34,9 +34,10 @@ from typing import Callable, Hashable, Optional
 import torch
 from loguru import logger
 from PIL import Image
+from pydantic import ValidationError
 
 from bitmind_lite.miner.gate import Rejection
-from bitmind_lite.protocol import ErrorKind, InvalidImage, decode_image
+from bitmind_lite.protocol import Attribution, ErrorKind, InvalidImage, decode_image
 
 BATCH_SHARE_OF_DEADLINE = 0.5  # a batch may take this share of the shortest remaining deadline in it
 EWMA_ALPHA = 0.3  # weight of the newest batch in the seconds-per-image estimate
@@ -71,6 +72,7 @@ class Prediction:
     version: str  # the detector version that produced it (changes on hot reload)
     model_ms: float  # wall time of the batch this request was part of
     batch_size: int
+    attribution: Optional[Attribution] = None  # the detector's generator guess, when it makes one
 
 
 @dataclass(order=True)
@@ -101,6 +103,7 @@ class Batcher:
         self._task: Optional[asyncio.Task] = None
         self._closing = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self._warned_attribution = False
 
     # ---- lifecycle (call on the event loop that serves requests) ----
     def start(self) -> None:
@@ -232,7 +235,8 @@ class Batcher:
                 if isinstance(result, Exception):
                     item.future.set_exception(result)
                 else:
-                    item.future.set_result(Prediction(result, version, seconds * 1000.0, len(batch)))
+                    value, attribution = result
+                    item.future.set_result(Prediction(value, version, seconds * 1000.0, len(batch), attribution))
 
     async def _wait_for_more(self, deadline: float) -> None:
         loop = asyncio.get_running_loop()
@@ -299,8 +303,22 @@ class Batcher:
         self.detector.predict(torch.stack([self.detector.preprocess(Image.new("RGB", (size, size)))]))
         return time.perf_counter() - start
 
+    def _attribution(self, guess) -> Optional[Attribution]:
+        """The detector's guess as the protocol's model, or None: a guess the protocol refuses (too many classes,
+        a probability out of range) is dropped, never the prediction it came with."""
+        if guess is None:
+            return None
+        try:
+            return Attribution.model_validate(guess)
+        except ValidationError as e:
+            if not self._warned_attribution:  # once: the same detector would repeat it on every image
+                logger.warning(f"dropping the detector's attributions, the protocol refuses them: {e}")
+                self._warned_attribution = True
+            return None
+
     def _infer(self, images: list[str]) -> tuple[list, str, float]:
-        """On the model thread: decode each image (a bad one fails alone), then one predict for the good ones."""
+        """On the model thread: decode each image (a bad one fails alone), then one predict for the good ones.
+        Each good image's result is (P(AI), attribution or None)."""
         start = time.perf_counter()
         detector = self.detector
         version = detector.version  # read here: reloads run on this same thread, so this is the model that answers
@@ -315,10 +333,13 @@ class Batcher:
             except Exception as e:  # an image the detector cannot handle fails alone, not its whole batch
                 results[i] = ModelError(f"model error: cannot preprocess the image: {type(e).__name__}: {e}")
         if tensors:
-            predictions = detector.predict(torch.stack(tensors)).reshape(-1).tolist()
+            scores, guesses = detector.predict_with_attribution(torch.stack(tensors))
+            predictions = scores.reshape(-1).tolist()
             if len(predictions) != len(tensors):
                 raise RuntimeError(f"detector returned {len(predictions)} predictions for {len(tensors)} images")
-            for i, p in zip(slots, predictions):
-                results[i] = min(1.0, max(0.0, p)) if math.isfinite(p) else ModelError(
+            if guesses is None or len(guesses) != len(tensors):
+                guesses = [None] * len(tensors)
+            for i, p, guess in zip(slots, predictions, guesses):
+                results[i] = (min(1.0, max(0.0, p)), self._attribution(guess)) if math.isfinite(p) else ModelError(
                     "model error: the detector produced a non-finite prediction")
         return results, version, time.perf_counter() - start

@@ -4,7 +4,10 @@ Every update happens on the event loop thread (the batcher hands results back to
 """
 from __future__ import annotations
 
+from typing import Optional
+
 from bitmind_lite.metrics import LATENCY_BUCKETS, NodeMetrics
+from bitmind_lite.miner.stats import CallerWindow
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -34,11 +37,15 @@ class MinerMetrics(NodeMetrics):
         self.metagraph_syncs = self.counter("bitmind_miner_metagraph_syncs_total", "metagraph refreshes by result",
                                             ("result",))
         self.registered = self.gauge("bitmind_miner_registered", "1 when this miner's hotkey is in the metagraph")
+        # The last hour per caller hotkey, for /stats (stats.py): labels per hotkey would make unbounded series.
+        self.by_caller = CallerWindow()
 
     def set_detector(self, name: str, version: str) -> None:
         self.info.clear()  # a reload replaces the series instead of adding one
         self.info.set(1, name, version)
 
-    def observe_request(self, status: int, seconds: float) -> None:
+    def observe_request(self, status: int, seconds: float, caller: Optional[str] = None) -> None:
+        """One detect request; `caller` is its verified hotkey (None when the signature did not verify)."""
         self.requests.inc(str(status))
         self.latency.observe(seconds)
+        self.by_caller.record(caller, status, seconds)

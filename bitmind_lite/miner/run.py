@@ -120,6 +120,10 @@ def _serve(cfg: MinerConfig, listener) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["stats"]:  # `bitmind-lite miner stats`: the operator's view (stats.py), nothing is served
+        from bitmind_lite.miner.stats import main as stats_main
+        return stats_main(argv[1:])
     cfg = load_config(MinerConfig, argv, prog="miner", default_env_file=".env.miner")
     return run_miner(cfg)
 

@@ -1,6 +1,6 @@
 """The miner's moving parts and background work: metagraph refresh, registration check, endpoint publishing,
-weights hot-swap, and /metrics on its own address when --neuron.metrics_address is set. The HTTP layer (app.py)
-only reads from a `MinerService`; `run.py` builds one and serves it.
+weights hot-swap, and the operator address (--neuron.metrics_address): /metrics and /stats, off the public port.
+The HTTP layer (app.py) only reads from a `MinerService`; `run.py` builds one and serves it.
 
 Chain calls block, so they run in a worker thread and a request never waits for them; a failed refresh keeps the
 last snapshot and is retried.
@@ -18,9 +18,11 @@ from loguru import logger
 
 from bitmind_lite.chain import ChainUnavailable
 from bitmind_lite.config import MinerConfig
+from bitmind_lite.metrics import CONTENT_TYPE
 from bitmind_lite.miner.batcher import Batcher
 from bitmind_lite.miner.gate import Gate
 from bitmind_lite.miner.metrics import MinerMetrics
+from bitmind_lite.miner.stats import StandingCache, report
 
 REPUBLISH_EVERY = 600.0  # seconds between endpoint publish attempts (ServeAxon is rate-limited by the chain)
 
@@ -51,6 +53,8 @@ class MinerService:
         self._last_publish = -float("inf")
         self._tasks: list[asyncio.Task] = []
         self._metrics_server = None  # the aiohttp runner behind --neuron.metrics_address
+        self.started = time.monotonic()
+        self.standing = StandingCache(ttl=cfg.neuron.sync_interval)  # /stats reads the chain at most this often
         self.metrics.set_detector(detector.name, detector.version)
         self.metrics.queue_depth.set_function(self.batcher.queued)  # exact at every scrape, on either address
 
@@ -67,11 +71,12 @@ class MinerService:
             host, _, port = address.rpartition(":")
             host = host.strip("[]")  # [::1]:9100
             try:
-                self._metrics_server = await self.metrics.serve(host, int(port))
+                self._metrics_server = await self._serve_operator(host, int(port))
             except OSError as e:
                 raise RuntimeError(f"cannot serve /metrics on {address} (--neuron.metrics_address / "
                                    f"NEURON_METRICS_ADDRESS): {e.strerror or e}") from None
-            logger.info(f"Prometheus metrics on http://{address}/metrics (not on the public port)")
+            logger.info(f"Prometheus metrics on http://{address}/metrics and this miner's stats on "
+                        f"http://{address}/stats (not on the public port)")
         self.batcher.start()
         await self.batcher.calibrate()  # before the first request: batch sizes need the model's speed
         self._tasks = [asyncio.create_task(self._sync_forever(), name="metagraph-sync"),
@@ -205,6 +210,32 @@ class MinerService:
                 continue
             seen, pending = current, None
             await self.reload_weights(os.fspath(path))
+
+    async def _serve_operator(self, host: str, port: int):
+        """GET /metrics and GET /stats on host:port (aiohttp, on the serving loop); returns the runner."""
+        from aiohttp import web
+
+        async def metrics(request):
+            return web.Response(body=self.metrics.render().encode(), headers={"Content-Type": CONTENT_TYPE})
+
+        async def stats(request):
+            return web.json_response(await self.stats())
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/stats", stats)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        return runner
+
+    # ---- read by /stats ----
+    async def stats(self) -> dict:
+        return report(self, await self.standing.get(self.chain, self.hotkey_ss58, self.cfg.subtensor.network))
 
     # ---- read by /health ----
     def health(self) -> dict:

@@ -63,6 +63,13 @@ def select_targets(snapshot, own_hotkey: str, sample_size: int, vpermit_stake_li
     return eligible, idle
 
 
+def attribution_record(answer: Answer) -> dict:
+    """{"attribution": {"label", "probs"}} for an answer that named a generator, else {} (most miners name none, and
+    the log stays as it was for them). Recorded for analysis; not scored (docs/incentive.md, "Attribution")."""
+    guess = getattr(answer, "attribution", None)  # an Answer from before query.py carried the attribution has none
+    return {} if guess is None else {"attribution": guess.model_dump()}
+
+
 class Validator:
     def __init__(self, cfg, chain, keypair, sampler, store: StateStore, log: Optional[ChallengeLog] = None,
                  wandb: Optional[WandbRun] = None, metrics: Optional[ValidatorMetrics] = None,
@@ -171,7 +178,8 @@ class Validator:
         scores = self.state.scores()
         miners = [{"uid": a.uid, "hotkey": a.hotkey, "prediction": a.prediction, "latency": round(a.latency, 4),
                    "status": a.status, "error": a.error, "detector": a.detector,
-                   "reward": round(r.rewards.get(a.uid, 0.0), 6), "score": round(scores.get(a.uid, 0.0), 6)}
+                   "reward": round(r.rewards.get(a.uid, 0.0), 6), "score": round(scores.get(a.uid, 0.0), 6),
+                   **attribution_record(a)}
                   for a in r.answers]
         record = {"step": r.step, "time": time.time(), "label": r.label, "source": r.meta.get("source"),
                   "family": r.meta.get("family"), "augmentation": r.meta.get("augmentation"), "meta": r.meta,

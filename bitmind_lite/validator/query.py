@@ -6,7 +6,7 @@ rescans every connection per request; see shared/docs/transport-benchmark.md). K
 just closed. A request that still fails on a dropped connection is retried once, re-signed, because a resent
 nonce is a replay. Each request says how long the validator will wait (DEADLINE_HEADER). A redirect is never
 followed (it would hand the signed request to a server the miner picks) and, like anything
-`protocol.parse_detect_answer` does not accept, is an invalid answer (prediction None); so is an answer over
+`protocol.read_detect_answer` does not accept, is an invalid answer (prediction None); so is an answer over
 MAX_ANSWER_BYTES. The body is read to its end however it is chunked.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import aiohttp
 import bittensor as bt
 from loguru import logger
 
-from bitmind_lite.protocol import DEADLINE_HEADER, DETECT_PATH, DetectRequest, parse_detect_answer
+from bitmind_lite.protocol import DEADLINE_HEADER, DETECT_PATH, Attribution, DetectRequest, read_detect_answer
 
 MAX_ANSWER_BYTES = 64 * 1024  # an answer is ~100 bytes; anything much larger is not worth reading
 KEEPALIVE_S = 3.0
@@ -48,6 +48,7 @@ class Answer:
     status: Optional[int]  # HTTP status, None when no response came back
     error: Optional[str]  # why the answer is invalid; None when valid
     detector: Optional[str] = None
+    attribution: Optional[Attribution] = None  # the miner's generator guess, when it sent one (not scored)
 
     @property
     def valid(self) -> bool:
@@ -134,7 +135,7 @@ class MinerClient:
 
     async def query(self, target: Target, body: bytes) -> Answer:
         start = time.perf_counter()
-        status, error, prediction, detector = None, None, None, None
+        status, error, prediction, detector, attribution = None, None, None, None, None
         try:
             async with asyncio.timeout(self.timeout):  # one budget for the request and its retry
                 try:
@@ -144,7 +145,9 @@ class MinerClient:
                         raise
                     left = self.timeout - (time.perf_counter() - start)
                     status, raw = await self._post(target, body, left)  # re-signed: a fresh nonce
-            prediction, detector, error = parse_detect_answer(status, raw)
+            parsed, error = read_detect_answer(status, raw)
+            if parsed is not None:
+                prediction, detector, attribution = parsed.prediction, parsed.detector, parsed.attribution_guess()
         except _RefusedAnswer as e:
             status, error = e.status, str(e)
         except TimeoutError:
@@ -154,7 +157,8 @@ class MinerClient:
         except Exception as e:  # noqa: BLE001 - one odd miner must never take the round down with it
             logger.exception(f"unexpected error querying uid {target.uid}")
             error = f"{type(e).__name__}: {e}"[:200]
-        return Answer(target.uid, target.hotkey, prediction, time.perf_counter() - start, status, error, detector)
+        return Answer(target.uid, target.hotkey, prediction, time.perf_counter() - start, status, error, detector,
+                      attribution)
 
     async def query_all(self, targets: Sequence[Target], body: bytes) -> list[Answer]:
         """Query every target concurrently; always one Answer per target, in order, never an exception."""

@@ -1,8 +1,8 @@
 """Start a validator: `python neurons/validator.py [flags]` or `bitmind-lite validator [flags]` (flags: --help).
 
-Start-up order: config -> logging (INFO to stdout, problems to stderr) -> the /metrics port (checked free before
-anything heavy) -> hotkey -> chain (registration check) -> state (refuses a corrupt file) -> challenge sampler (and
-its cache filler process) -> /metrics -> the challenge loop. SIGTERM/SIGINT let the
+Start-up order: config -> logging (INFO to stdout, problems to stderr) -> the /metrics and dashboard ports (checked
+free before anything heavy) -> hotkey -> chain (registration check) -> state (refuses a corrupt file) -> challenge
+sampler (and its cache filler process) -> /metrics and the dashboard -> the challenge loop. SIGTERM/SIGINT let the
 challenge in flight finish, save, and exit 0. Exit status 2 means bad settings, missing keys or an unusable state
 file: restarting will not help.
 """
@@ -106,18 +106,30 @@ def check_registration(chain, hotkey: str, netuid: int) -> Optional[str]:
     return None
 
 
+def dashboard_address(cfg: ValidatorConfig) -> tuple[str, int]:
+    """(host, port) of --neuron.dashboard_address; ValueError saying what is wrong with it."""
+    from bitmind_lite.validator.dashboard import parse_address
+
+    return parse_address(cfg.neuron.dashboard_address, "--neuron.dashboard_address")
+
+
 async def serve(validator, cfg: ValidatorConfig) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner = None
+    runners = []
     if cfg.neuron.metrics_port:
-        runner = await validator.metrics.serve(cfg.neuron.metrics_ip, cfg.neuron.metrics_port)
+        runners.append(await validator.metrics.serve(cfg.neuron.metrics_ip, cfg.neuron.metrics_port))
+    if cfg.neuron.dashboard_address:  # the same page as `bitmind-lite dashboard --dir STATE_DIR`, from this loop
+        from bitmind_lite.validator import dashboard
+
+        runners.append(await dashboard.serve(cfg.neuron.state_dir, *dashboard_address(cfg)))
+        logger.info(f"dashboard on {dashboard.url(runners[-1])} (read-only)")
     try:
         done = await validator.run(rounds=cfg.neuron.rounds, stop=stop)
     finally:
-        if runner is not None:
+        for runner in runners:
             await runner.cleanup()
     logger.info(f"validator stopped after {done} challenges (step {validator.state.step})")
     return 0
@@ -127,13 +139,20 @@ def run_validator(cfg: ValidatorConfig) -> int:
     setup_logging(cfg.logging.level, cfg.logging.logging_dir, name="validator")
     logger.info("bitmind-lite validator starting with\n" + dump_config(cfg))
     logger.log(*describe_sources(cfg, KEY_SETTINGS))
-    if cfg.neuron.metrics_port:  # a port in use is a setting to fix, found now rather than after the chain and data
-        try:
+    try:  # a port in use is a setting to fix, found now rather than after the chain and data
+        if cfg.neuron.metrics_port:
             reserve_port(cfg.neuron.metrics_ip, cfg.neuron.metrics_port, "neuron.metrics_ip",
                          "neuron.metrics_port").close()
-        except ValueError as e:
-            logger.error(str(e))
-            return EXIT_CONFIG
+        if cfg.neuron.dashboard_address:
+            from bitmind_lite.validator.dashboard import warn_if_public
+
+            host, port = dashboard_address(cfg)
+            reserve_port(host, port, "neuron.dashboard_address", "neuron.dashboard_address").close()
+            if warning := warn_if_public(host):
+                logger.warning(warning)
+    except ValueError as e:
+        logger.error(str(e))
+        return EXIT_CONFIG
     from bitmind_lite.chain import Chain, load_wallet
     from bitmind_lite.validator.state import StateError
 
