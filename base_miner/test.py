@@ -175,7 +175,7 @@ def main(argv=None) -> int:
     try:
         detector = create_detector(args.arch, weights=args.model_path, device=args.device, runtime=args.runtime,
                                    input_size=args.input_size, calibrate=not args.no_calib)
-        if getattr(detector, "weights_path", None) is None:
+        if getattr(detector, "version", None) == "untrained":
             raise FileNotFoundError(f"no --model_path given and no bundled weights for {args.arch}")
         folders = group_folders(dataroot, classes)
         from tqdm import tqdm
@@ -190,16 +190,17 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
         print(f"test.py: error: {e}", file=sys.stderr)
         return 2
-    cal, meta = detector.calibration, checkpoint_meta(detector.weights_path)
+    weights = getattr(detector, "weights_path", None)  # an ensemble has members' weights, not one file
+    cal, meta = getattr(detector, "calibration", None), checkpoint_meta(weights)
     label = model_label(args.arch, detector.version, meta)
-    print(f"{label}: {detector.weights_path}, {'calibrated' if cal else 'uncalibrated'}, {dataroot}")
+    print(f"{label}: {weights}, {'calibrated' if cal else 'uncalibrated'}, {dataroot}")
     print(format_table(result["rows"], result["mean"]))
     for q, res in jpeg.items():
         print(f"\nafter JPEG quality {q}:\n{format_table(res['rows'], res['mean'])}")
     for s, res in blur.items():
         print(f"\nafter Gaussian blur sigma {s}:\n{format_table(res['rows'], res['mean'])}")
     if args.json:
-        write_json(args.json, {"arch": args.arch, "model_path": str(detector.weights_path), "version": detector.version,
+        write_json(args.json, {"arch": args.arch, "model_path": str(weights), "version": detector.version,
                                "checkpoint": meta, "calibrated": cal is not None, "dataroot": dataroot,
                                "input_size": args.input_size, **result, "jpeg": jpeg, "blur": blur})
     if args.plot:

@@ -223,7 +223,8 @@ def train(args) -> int:
     torch.manual_seed(args.seed)  # identical initial weights on every rank (DDP also broadcasts them)
     detector = create_detector(args.arch, device=device, pretrained=False, input_size=args.eval_size)
     if not getattr(detector, "trainable", False):
-        raise ValueError(f"detector {args.arch!r} is not trainable")
+        raise ValueError(f"detector {args.arch!r} is not trainable here (a detector with its own recipe has its own "
+                         "script, e.g. base_miner/train_bts.py, base_miner/train_dnadet.py)")
     # the freshly initialised network, built by the registry; NHWC is faster for oneDNN and cuDNN convolutions
     net = detector.model.train().to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(net.parameters(), lr=args.lr, betas=(0.9, 0.999))

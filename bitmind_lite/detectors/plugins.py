@@ -49,4 +49,7 @@ def random_detector(weights=None, device="auto", runtime: str = "eager", **kw) -
         raise ValueError("the random detector takes no weights")
     # no network, so every runtime is the same; accepting it lets `--neuron.runtime` stay set when switching detectors
     return RandomDetector(device=device, **kw)
-from bitmind_lite.detectors import dnadet  # noqa: F401,E402
+
+
+# Plugins that live in modules of their own register themselves on import.
+from bitmind_lite.detectors import bts, dnadet, ensemble  # noqa: E402,F401
