@@ -122,11 +122,20 @@ class NodeMetrics:
 
         app = web.Application()
         app.router.add_get("/metrics", make_aiohttp_handler(self.registry))
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, host, port).start()
-        except OSError:
-            await runner.cleanup()
-            raise
-        return runner
+        return await serve_app(app, host, port)
+
+
+async def serve_app(app, host: str, port: int):
+    """Serve an aiohttp `app` on host:port from the running event loop (the nodes' side ports: /metrics, the miner's
+    operator address, the validator dashboard); returns the runner: `await runner.cleanup()` stops it. OSError
+    when the address cannot be bound, with nothing left running."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    return runner

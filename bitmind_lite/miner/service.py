@@ -18,7 +18,7 @@ from loguru import logger
 
 from bitmind_lite.chain import ChainUnavailable
 from bitmind_lite.config import MinerConfig
-from bitmind_lite.metrics import CONTENT_TYPE
+from bitmind_lite.metrics import CONTENT_TYPE, serve_app
 from bitmind_lite.miner.batcher import Batcher
 from bitmind_lite.miner.gate import Gate
 from bitmind_lite.miner.metrics import MinerMetrics
@@ -224,14 +224,7 @@ class MinerService:
         app = web.Application()
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/stats", stats)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, host, port).start()
-        except OSError:
-            await runner.cleanup()
-            raise
-        return runner
+        return await serve_app(app, host, port)
 
     # ---- read by /stats ----
     async def stats(self) -> dict:

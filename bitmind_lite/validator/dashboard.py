@@ -28,6 +28,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from bitmind_lite.metrics import serve_app
 from bitmind_lite.validator.dashboard_data import (
     DashboardError,
     chain,
@@ -218,19 +219,6 @@ def make_app(view: StateView) -> web.Application:
     app.router.add_get("/api/{name}", api)
     app.router.add_static("/static/", STATIC)
     return app
-
-
-async def serve_app(app: web.Application, host: str, port: int) -> web.AppRunner:
-    """Serve `app` on host:port from the running loop; `await runner.cleanup()` stops it. OSError when the address
-    cannot be bound (nothing is left running then)."""
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except OSError:
-        await runner.cleanup()
-        raise
-    return runner
 
 
 async def serve(state_dir: str | Path, host: str, port: int, keep: int = KEEP) -> web.AppRunner:
