@@ -231,13 +231,17 @@ def url(runner: web.AppRunner) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
 
 
+def _is_loopback_ip(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost: it may resolve to anything
+        return False
+
+
 def warn_if_public(host: str) -> Optional[str]:
     """A warning when `host` is reachable from other machines (anything but a loopback address)."""
-    try:
-        if host == "localhost" or ipaddress.ip_address(host).is_loopback:
-            return None
-    except ValueError:  # a host name
-        pass
+    if host == "localhost" or _is_loopback_ip(host):
+        return None
     return (f"the dashboard listens on {host}, not only on this machine: it shows challenge labels and images, which "
             f"miners could learn from. Prefer 127.0.0.1 and an SSH tunnel (docs/dashboard.md)")
 
