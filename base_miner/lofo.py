@@ -29,6 +29,9 @@ leaves F out of DATA's train/ and val/ with train.py --classes (and every semisy
 generator is of F's kind, since its regions may come from F); F's test images come from whichever dataset's test/
 holds them. Families in a --test-dataset that DATA never trains on share one run per arch, trained on all of DATA
 (runs/all-of-DATA): they are left out by construction. Both datasets must cut the same test photos (checked).
+
+`--arch bts` trains with base_miner/train_bts.py --stage cls (its re-synthesizer never sees a fake, so only the
+classifier must not see F): `--train-args "--init weights/bts.pth --fresh_cls --max_steps 500"`.
 """
 from __future__ import annotations
 
@@ -38,6 +41,8 @@ import os
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from bitmind_lite.data.layout import HOLDOUT_CLASS as HOLDOUT
@@ -46,6 +51,27 @@ from bitmind_lite.data.layout import MANIFEST, read_manifest
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_KINDS = ("pretrained", "house")
 COLUMNS = (("acc", "Acc"), ("ap", "AP"), ("auc", "AUC"), ("mcc", "MCC"), ("brier", "Brier"), ("reward", "reward"))
+
+
+@dataclass(frozen=True)
+class Trainer:
+    """How one detector is trained: its script, where its best checkpoint, resumable state and history land, and how
+    its history says how long it trained (train.py: one record per epoch; train_bts.py: cumulative records)."""
+    script: str
+    options: tuple[str, ...]  # "{arch}" is the detector's name
+    epochs_flag: str
+    best: str
+    state: str
+    history: str
+    length: Callable[[list], tuple[float, float]]  # history records -> (epochs, training seconds)
+
+
+TRAIN_PY = Trainer("base_miner/train.py", ("--arch", "{arch}"), "--niter", "model_epoch_best.pth", "train_state.pt",
+                   "history.json", lambda h: (len(h), sum(r["seconds"] for r in h)))
+# BTS: its re-synthesizer sees real photos only, so leaving a family out is a classifier stage without it (give the
+# re-synthesizer with --train-args "--init weights/bts.pth --fresh_cls")
+TRAINERS = {"bts": Trainer("base_miner/train_bts.py", ("--stage", "cls"), "--epochs", "cls_best.pth", "cls_state.pt",
+                           "cls_history.json", lambda h: (h[-1]["epoch"], h[-1]["seconds"]))}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,19 +189,21 @@ def build_command(args, out: Path, split: tuple[int, int], exclude: str | None) 
 
 
 def train_command(args, data: Path, runs: Path, arch: str, classes: list[str] | None = None) -> list[str]:
-    niter = args.epochs if args.epochs is not None else 1000  # --minutes alone: as many epochs as fit
-    cmd = [sys.executable, "base_miner/train.py", "--dataroot", str(data), "--checkpoints_dir", str(runs),
-           "--name", arch, "--arch", arch, "--niter", str(niter), "--seed", str(args.seed),
-           "--batch_size", str(args.batch_size), "--crop_size", str(args.crop_size), "--eval_size",
-           str(args.input_size), "--device", args.device]
+    trainer = TRAINERS.get(arch, TRAIN_PY)
+    cmd = [sys.executable, trainer.script, *(o.replace("{arch}", arch) for o in trainer.options), "--dataroot",
+           str(data), "--checkpoints_dir", str(runs), "--name", arch, "--seed", str(args.seed), "--batch_size",
+           str(args.batch_size), "--crop_size", str(args.crop_size), "--eval_size", str(args.input_size), "--device",
+           args.device]
+    if args.epochs is not None or trainer is TRAIN_PY:  # train.py with --minutes alone: as many epochs as fit
+        cmd += [trainer.epochs_flag, str(args.epochs if args.epochs is not None else 1000)]
     if args.minutes is not None:
         cmd += ["--max_minutes", str(args.minutes)]
-    if args.workers is not None:
+    if args.workers is not None and trainer is TRAIN_PY:  # train_bts.py loads in-process
         cmd += ["--workers", str(args.workers)]
     if classes:
         cmd += ["--classes", ",".join(classes)]
     cmd += shlex.split(args.train_args.replace("{arch}", arch))  # e.g. --init weights/{arch}.pth
-    return cmd + (["--resume"] if (runs / arch / "train_state.pt").is_file() else [])
+    return cmd + (["--resume"] if (runs / arch / trainer.state).is_file() else [])
 
 
 def test_command(args, ckpt: Path, arch: str, test_root: Path, family: str, result: Path) -> list[str]:
@@ -197,13 +225,14 @@ def check_disjoint_photos(test_build: Path, data: Path) -> None:
 def cell_summary(family: str, arch: str, result: dict, run: Path) -> dict:
     """One table row from test.py's JSON: metrics on the left-out family, unseen reals, JPEG accuracies."""
     row = result["rows"][family]
-    history = json.loads((run / "history.json").read_text())
+    trainer = TRAINERS.get(arch, TRAIN_PY)
+    epochs, seconds = trainer.length(json.loads((run / trainer.history).read_text())["history"])
     cell = {"family": family, "arch": arch, **{k: row[k] for k, _ in COLUMNS}, "r_acc": row["r_acc"],
             "f_acc": row["f_acc"], "n": row["n_real"] + row["n_fake"],
             "real_holdout_acc": result["rows"].get(HOLDOUT, {}).get("r_acc"),
             "jpeg_acc": {q: res["rows"][family]["acc"] for q, res in result["jpeg"].items()},
             "version": result["version"], "checkpoint": result.get("checkpoint"),
-            "epochs": len(history["history"]), "train_seconds": round(sum(h["seconds"] for h in history["history"]), 1)}
+            "epochs": epochs, "train_seconds": round(seconds, 1)}
     return cell
 
 
@@ -336,7 +365,7 @@ def run(args) -> int:
                 built[data] = spec["build"] is None or sh.build(spec["build"], data) == 0
                 if built[data] and not args.dry_run:
                     check_disjoint_photos(spec["test_build"], data)
-            ckpt = runs / arch / "model_epoch_best.pth"
+            ckpt = runs / arch / TRAINERS.get(arch, TRAIN_PY).best
             train = train_command(args, data, runs, arch, spec["classes"])
             steps = [train, test_command(args, ckpt, arch, test_root, family, result)]
             todo = steps[1:] if (runs, arch) in trained else steps  # a run shared by several left-out families

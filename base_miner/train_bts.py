@@ -48,7 +48,7 @@ from base_miner.data import (Augment, EpochSampler, EvalDataset, TrainDataset, l
 from base_miner.train import evaluate, save_atomic, save_weights, val_score  # noqa: E402
 from bitmind_lite.detectors import create_detector  # noqa: E402
 from bitmind_lite.detectors.base import load_state_dict, resolve_device  # noqa: E402
-from bitmind_lite.detectors.bts import BTSConfig, checkpoint_config, corrupt_lr  # noqa: E402
+from bitmind_lite.detectors.bts import BTSConfig, BTSNet, checkpoint_config, corrupt_lr  # noqa: E402
 
 STAGES = ("sr", "cls", "aux", "premise")
 START_FROM = {"cls": "sr_best.pth", "aux": "cls_best.pth", "premise": "sr_best.pth"}
@@ -64,8 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="bts")
     p.add_argument("--checkpoints_dir", default="./checkpoints")
     p.add_argument("--init", default=None, help="start from this BTS checkpoint (default: the previous stage's)")
+    p.add_argument("--fresh_cls", action="store_true",
+                   help="cls: keep only the --init's re-synthesizer and start a new (seeded) classifier, e.g. to "
+                   "train without a family from a bundled detector (leave-one-family-out)")
     p.add_argument("--resume", action="store_true", help="continue this stage where it stopped")
     p.add_argument("--max_steps", type=int, default=1000, help="length of the stage in optimizer steps")
+    p.add_argument("--epochs", type=float, default=0,
+                   help="length of the stage in passes over the training set instead (0 = use --max_steps)")
     p.add_argument("--max_minutes", type=float, default=0, help="stop (resumably) after this much time (0 = none)")
     p.add_argument("--save_minutes", type=float, default=5, help="save a resumable state this often")
     p.add_argument("--val_every", type=int, default=250, help="validate and checkpoint every N steps (and at the end)")
@@ -96,7 +101,7 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
     for name in ("max_steps", "batch_size", "patch", "crop_size", "eval_size", "val_every"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1")
-    for name in ("max_minutes", "save_minutes", "max_val", "max_train", "rec_weight", "sr_lr_scale"):
+    for name in ("max_minutes", "save_minutes", "max_val", "max_train", "rec_weight", "sr_lr_scale", "epochs"):
         if getattr(args, name) < 0:
             p.error(f"--{name} must be >= 0")
     if args.patch % args.scale or args.crop_size % args.scale:
@@ -113,6 +118,8 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
         args.lr = {"sr": 5e-4, "cls": 1e-3, "aux": 1e-4}.get(args.stage, 1e-3)
     if not args.lr > 0:
         p.error("--lr must be > 0")
+    if args.fresh_cls and args.stage != "cls":
+        p.error("--fresh_cls is for --stage cls")
     args.classes = [c for c in args.classes.split(",") if c.strip()]
 
 
@@ -230,7 +237,16 @@ def build_net(args, out: Path, device):
     detector = create_detector("bts", device=device, pretrained=False, input_size=args.eval_size,
                                vgg_weights=args.vgg_weights if cfg.feature == "stage5" else None, **asdict(cfg))
     detector.model.load_state_dict(load_state_dict(init), strict=True)
+    if args.fresh_cls:
+        fresh_classifier(detector.model, args.seed, args.vgg_weights)
     return detector, init
+
+
+def fresh_classifier(net, seed: int, vgg_weights=None) -> None:
+    """Replace net's classifier by the seeded one a fresh sr stage would have handed on; the SR model stays."""
+    torch.manual_seed(seed)
+    fresh = BTSNet(net.cfg, vgg_weights if net.cfg.feature == "stage5" else None)
+    net.cls.load_state_dict(fresh.cls.state_dict())
 
 
 def optimizer_for(args, net) -> torch.optim.Optimizer:
@@ -264,6 +280,8 @@ def train(args) -> int:
     dataset = TrainDataset(train_samples, augment, seed=args.seed, cache=args.cache_decoded, progress=True)
     sampler = EpochSampler(families, dataset.labels, "family", args.seed)
     steps_per_epoch = -(-len(sampler) // args.batch_size)
+    if args.epochs:
+        args.max_steps = max(1, round(args.epochs * steps_per_epoch))
     optimizer = optimizer_for(args, net)
     step_fn = {"sr": step_sr, "cls": step_cls,
                "aux": lambda *a: step_aux(*a, rec_weight=args.rec_weight)}[args.stage]
@@ -290,7 +308,8 @@ def train(args) -> int:
 
     def checkpoint(final: bool) -> None:
         nonlocal best
-        record = {"step": step, "seconds": round(spent + time.time() - t_run, 1), **running()}
+        record = {"step": step, "epoch": round(step / steps_per_epoch, 3), "seconds": round(spent + time.time() - t_run, 1),
+                  **running()}
         if val_samples:
             record["val"] = validate_sr(net, val_samples, detector, args.batch_size, device) if reals_only else \
                 evaluate(net, detector, val_samples, args.batch_size, 0, device)

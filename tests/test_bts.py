@@ -3,6 +3,7 @@
 The premise (fakes re-synthesize worse than reals) is measured on the real data set in docs/bts.md, not here.
 """
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import httpx
@@ -111,7 +112,7 @@ def test_checkpoint_carries_its_config(tmp_path):
 
 
 def test_preprocess_is_unnormalised_native_pixels(real_photo):
-    det = create_detector("bts", device="cpu", pretrained=False, input_size=SIZE, **TINY.__dict__)
+    det = create_detector("bts", device="cpu", pretrained=False, input_size=SIZE, **asdict(TINY))
     t = det.preprocess(real_photo)
     assert t.shape == (3, SIZE, SIZE) and 0 <= t.min() and t.max() <= 1
     left, top = ((real_photo.width - SIZE) // 2) & ~1, ((real_photo.height - SIZE) // 2) & ~1
@@ -165,6 +166,35 @@ def test_cls_stage_then_test_py_on_toy_data(tmp_path, capsys):
     assert train_bts.main(["--stage", "premise", *common, "--split", "test"]) == 0  # measures the SR of sr_best
     premise = json.loads((ck / "t" / "premise_test.json").read_text())["rows"]
     assert set(premise) == {"a", "b"} and all(r["real_l1"] > 0 and 0 <= r["auc_error"] <= 1 for r in premise.values())
+
+
+def test_fresh_cls_keeps_the_resynthesizer_and_restarts_the_classifier(tmp_path, capsys):
+    """--fresh_cls (leave-one-family-out from a trained detector): SR from --init, the classifier a fresh sr stage
+    would have handed on; --epochs sets the stage's length in passes over the training set."""
+    from base_miner.toydata import make_toy_dataset
+
+    root = make_toy_dataset(tmp_path / "toy", n_per_class=4, size=48, classes=("a", "b"), splits=("train", "val"))
+    trained = tiny_checkpoint(tmp_path / "trained.pth", seed=3)
+    args = train_bts.build_parser().parse_args(["--stage", "cls", "--dataroot", str(root), "--init", str(trained),
+                                                "--fresh_cls", "--eval_size", "48", "--seed", "5"])
+    train_bts.check_args(train_bts.build_parser(), args)
+    detector, _ = train_bts.build_net(args, tmp_path, "cpu")
+    before = torch.load(trained)
+    torch.manual_seed(5)  # what the sr stage does before it builds its fresh network
+    fresh = create_detector("bts", device="cpu", pretrained=False, input_size=48, **asdict(TINY)).model
+    for k, v in detector.model.state_dict().items():
+        want = before[k] if not k.startswith("cls.") else fresh.state_dict()[k]
+        assert torch.equal(v, want), k
+    assert not all(torch.equal(before[k], fresh.state_dict()[k]) for k in before if k.startswith("cls."))
+    ck = tmp_path / "ck"
+    assert train_bts.main(["--stage", "cls", "--dataroot", str(root), "--init", str(trained), "--fresh_cls",
+                           "--checkpoints_dir", str(ck), "--name", "f", "--batch_size", "4", "--crop_size", "32",
+                           "--eval_size", "48", "--epochs", "1", "--val_every", "100"]) == 0
+    history = json.loads((ck / "f" / "cls_history.json").read_text())["history"]
+    assert history[-1]["epoch"] == 1.0 and history[-1]["step"] >= 2
+    with pytest.raises(SystemExit) as e:
+        train_bts.main(["--stage", "aux", "--dataroot", str(root), "--fresh_cls"])
+    assert e.value.code == 2 and "--fresh_cls is for --stage cls" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ serving

@@ -85,3 +85,30 @@ def test_lofo_reuses_built_datasets_and_drops_the_family_with_its_semisynthetic_
     assert "data build" not in commands and commands.count("base_miner/train.py") == 2
     assert "--classes bilinear)" in commands and "all-of-zoo" in commands
     assert lofo.main(TINY + ["--test-dataset", str(data), "--out", str(tmp_path / "x")]) == 2  # needs --dataset
+
+
+def test_lofo_trains_bts_with_its_own_script_without_the_family(lofo_run, tmp_path):
+    """--arch bts: the classifier stage of base_miner/train_bts.py runs without F, on the given re-synthesizer."""
+    import torch
+
+    from bitmind_lite.detectors.bts import BTSConfig, BTSNet
+
+    torch.manual_seed(0)
+    init = tmp_path / "bts_init.pth"
+    torch.save(BTSNet(BTSConfig(g0=8, g=8, d=2, c=2, scale=2, width=8, blocks=1)).state_dict(), init)
+    out = tmp_path / "lofo"
+    at = TINY.index("--epochs")
+    argv = TINY[:at] + TINY[at + 2:] + [
+        "--minutes", "5", "--dataset", str(lofo_run / "data" / "without-nearest"), "--test-dataset",
+        str(lofo_run / "data" / "shared-test"), "--only", "bilinear,nearest", "--arch", "bts", "--out", str(out),
+        "--train-args", f"--init {init} --fresh_cls --max_steps 3 --val_every 3"]
+    assert lofo.main(argv) == 0
+    cells = {c["family"]: c for c in json.loads((out / "lofo.json").read_text())["cells"]}
+    assert cells["bilinear"]["checkpoint"]["train_classes"] == ["transposed"]  # bilinear left out
+    assert cells["nearest"]["checkpoint"]["train_classes"] == ["bilinear", "transposed"]  # never in this dataset
+    for c in cells.values():
+        assert c["checkpoint"]["arch"] == "bts" and c["checkpoint"]["step"] == 3 and c["train_seconds"] > 0
+        assert 0 <= c["acc"] <= 1 and 0 <= c["real_holdout_acc"] <= 1 and set(c["jpeg_acc"]) == {"75", "90"}
+    commands = (out / "commands.sh").read_text()
+    assert commands.count("base_miner/train_bts.py --stage cls") == 2 and "base_miner/train.py" not in commands
+    assert "--niter" not in commands and "cls_best.pth --arch bts" in commands
