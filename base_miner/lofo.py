@@ -45,12 +45,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from base_miner.lofo_report import cell_summary, markdown
 from bitmind_lite.data.layout import HOLDOUT_CLASS as HOLDOUT
 from bitmind_lite.data.layout import MANIFEST, read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_KINDS = ("pretrained", "house")
-COLUMNS = (("acc", "Acc"), ("ap", "AP"), ("auc", "AUC"), ("mcc", "MCC"), ("brier", "Brier"), ("reward", "reward"))
 
 
 @dataclass(frozen=True)
@@ -222,51 +222,6 @@ def check_disjoint_photos(test_build: Path, data: Path) -> None:
         raise RuntimeError(f"{data} trains on test photos {sorted(shared)[:3]}...: the photo splits differ")
 
 
-def cell_summary(family: str, arch: str, result: dict, run: Path) -> dict:
-    """One table row from test.py's JSON: metrics on the left-out family, unseen reals, JPEG accuracies."""
-    row = result["rows"][family]
-    trainer = TRAINERS.get(arch, TRAIN_PY)
-    epochs, seconds = trainer.length(json.loads((run / trainer.history).read_text())["history"])
-    cell = {"family": family, "arch": arch, **{k: row[k] for k, _ in COLUMNS}, "r_acc": row["r_acc"],
-            "f_acc": row["f_acc"], "n": row["n_real"] + row["n_fake"],
-            "real_holdout_acc": result["rows"].get(HOLDOUT, {}).get("r_acc"),
-            "jpeg_acc": {q: res["rows"][family]["acc"] for q, res in result["jpeg"].items()},
-            "version": result["version"], "checkpoint": result.get("checkpoint"),
-            "epochs": epochs, "train_seconds": round(seconds, 1)}
-    return cell
-
-
-def fmt(v, pct=True) -> str:
-    return "-" if v is None else f"{100 * v:.1f}" if pct else f"{v:.3f}"
-
-
-def markdown(cells: list[dict], qualities: list[str], config: dict) -> str:
-    head = ["left out", "arch"] + [name for _, name in COLUMNS] + ["real holdout Acc"] + \
-        [f"Acc@JPEG{q}" for q in qualities]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    rows = list(cells)
-    for arch in dict.fromkeys(c["arch"] for c in cells):
-        mine = [c for c in cells if c["arch"] == arch]
-        mean = {"family": "**mean**", "arch": arch, "jpeg_acc": {}}
-        for key in [k for k, _ in COLUMNS] + ["real_holdout_acc"]:
-            vals = [c[key] for c in mine if c[key] is not None]
-            mean[key] = sum(vals) / len(vals) if vals else None
-        for q in qualities:
-            vals = [c["jpeg_acc"].get(q) for c in mine if c["jpeg_acc"].get(q) is not None]
-            mean["jpeg_acc"][q] = sum(vals) / len(vals) if vals else None
-        rows.append(mean)
-    for c in rows:
-        vals = [fmt(c[k], k in ("acc", "ap", "auc")) for k, _ in COLUMNS] + [fmt(c["real_holdout_acc"])] + \
-            [fmt(c["jpeg_acc"].get(q)) for q in qualities]
-        lines.append("| " + " | ".join([c["family"], c["arch"]] + vals) + " |")
-    legend = (f"\nAcc, AP, AUC, real-holdout Acc and Acc@JPEG in %; MCC, Brier, reward (what the validator would pay, "
-              f"bitmind_lite.validator.reward) as numbers. Each row: trained without that family ({config['families']}"
-              f", {config['train']} train pairs, {config['epochs'] or '-'} epochs / {config['minutes'] or '-'} min, "
-              f"seed {config['seed']}), tested on its {config['test_per_family']} test pairs; real holdout = share "
-              "of unseen real photos called real.\n")
-    return "\n".join(lines) + "\n" + legend
-
-
 def write_json(path: Path, obj) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1))
@@ -375,7 +330,9 @@ def run(args) -> int:
             trained.add((runs, arch))
             if args.dry_run:
                 continue
-            cell = cell_summary(family, arch, json.loads(result.read_text()), runs / arch)
+            trainer = TRAINERS.get(arch, TRAIN_PY)
+            length = trainer.length(json.loads((runs / arch / trainer.history).read_text())["history"])
+            cell = cell_summary(family, arch, json.loads(result.read_text()), *length)
             cell["commands"] = [shlex.join(c) for c in steps]
             cell["train_classes"] = spec["classes"]
             write_json(cell_path, {"config": config, "cell": cell})
