@@ -42,10 +42,9 @@ from bitmind_lite.validator.dashboard_data import (
 from bitmind_lite.validator.run import LOG_FILE, STATE_FILE
 from bitmind_lite.validator.state import (
     SCHEMA_VERSION,
-    StateCorrupt,
-    StateStore,
     ValidatorState,
-    _check_state_file,
+    check_state_file,
+    state_from_db,
 )
 
 DEFAULT_ADDRESS = "127.0.0.1:8092"
@@ -79,17 +78,17 @@ def read_state(path: Path) -> tuple[ValidatorState, dict[str, str]]:
             source.backup(memory)  # one consistent snapshot, however the validator writes meanwhile
         finally:
             source.close()
-        _check_state_file(memory)
+        check_state_file(memory)
         meta = dict(memory.execute("SELECT key, value FROM meta").fetchall())
         if meta.get("schema") != str(SCHEMA_VERSION):
             raise ValueError(f"schema version {meta.get('schema')!r}, expected {SCHEMA_VERSION}")
-        # StateStore.load checks every row and copies a bad file aside; handed a path that does not exist, it copies
-        # nothing, so the folder stays exactly as the validator left it
-        return StateStore(path.with_name(".dashboard-reads-only"), memory).load(), meta
-    except StateCorrupt as e:
-        raise DashboardError(f"{path} is corrupt ({e.reason}); the validator refuses it too") from None
     except (sqlite3.DatabaseError, ValueError) as e:
+        memory.close()
         raise DashboardError(f"{path} is not a readable validator state file: {e}") from None
+    try:  # the validator's own checks, without its backup copy: the folder stays exactly as the validator left it
+        return state_from_db(memory), meta
+    except (sqlite3.DatabaseError, ValueError, TypeError, KeyError) as e:
+        raise DashboardError(f"{path} is corrupt ({e}); the validator refuses it too") from None
     finally:
         memory.close()
 

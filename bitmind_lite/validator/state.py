@@ -82,7 +82,7 @@ class StateStore:
         conn = None
         try:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            _check_state_file(conn)
+            check_state_file(conn)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable against process crashes
         except (sqlite3.DatabaseError, ValueError) as e:
@@ -109,21 +109,9 @@ class StateStore:
     def load(self) -> ValidatorState:
         """Read the state back; anything that does not parse is corruption, reported with a backup copy."""
         try:
-            meta = self._meta()
-            state = ValidatorState(step=int(meta.get("step", "0")),
-                                   last_weights_block=int(meta["last_weights_block"]) if meta.get("last_weights_block") else None)
-            for uid, hotkey, score, history in self._conn.execute("SELECT uid, hotkey, score, history FROM miners"):
-                if not isinstance(score, float) or not math.isfinite(score):
-                    raise ValueError(f"uid {uid} has score {score!r}")
-                items = json.loads(history)
-                if not isinstance(items, list) or len(items) > WINDOW:
-                    raise ValueError(f"uid {uid} has a malformed history")
-                state.miners[int(uid)] = MinerRecord(str(hotkey), float(score), History.from_list(items))
-            if state.step < 0:
-                raise ValueError(f"step {state.step} is negative")
+            return state_from_db(self._conn)
         except (sqlite3.DatabaseError, ValueError, TypeError, KeyError) as e:
             raise StateCorrupt(self.path, _backup(self.path), str(e)) from None
-        return state
 
     def save(self, state: ValidatorState) -> None:
         """Replace the stored state with `state` in one transaction (all of it or none of it)."""
@@ -141,6 +129,24 @@ class StateStore:
         self._conn.close()
 
 
+def state_from_db(conn: sqlite3.Connection) -> ValidatorState:
+    """Every row of a state database as a ValidatorState, checked (raises DatabaseError/ValueError/TypeError/KeyError
+    on anything malformed). Copies nothing: StateStore.load adds the backup, a read-only viewer does without."""
+    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    state = ValidatorState(step=int(meta.get("step", "0")),
+                           last_weights_block=int(meta["last_weights_block"]) if meta.get("last_weights_block") else None)
+    for uid, hotkey, score, history in conn.execute("SELECT uid, hotkey, score, history FROM miners"):
+        if not isinstance(score, float) or not math.isfinite(score):
+            raise ValueError(f"uid {uid} has score {score!r}")
+        items = json.loads(history)
+        if not isinstance(items, list) or len(items) > WINDOW:
+            raise ValueError(f"uid {uid} has a malformed history")
+        state.miners[int(uid)] = MinerRecord(str(hotkey), float(score), History.from_list(items))
+    if state.step < 0:
+        raise ValueError(f"step {state.step} is negative")
+    return state
+
+
 def _create(path: Path, owner: str) -> None:
     """Build a new state file next to `path` and rename it into place: a crash never leaves half of one behind."""
     tmp = path.with_name(path.name + ".new")
@@ -156,7 +162,7 @@ def _create(path: Path, owner: str) -> None:
     tmp.replace(path)
 
 
-def _check_state_file(conn: sqlite3.Connection) -> None:
+def check_state_file(conn: sqlite3.Connection) -> None:
     """Raise (DatabaseError or ValueError) unless `conn` is an intact SQLite file with a non-empty meta table."""
     check = conn.execute("PRAGMA quick_check").fetchone()[0]
     if check != "ok":
