@@ -74,6 +74,10 @@ TRAINERS = {"bts": Trainer("base_miner/train_bts.py", ("--stage", "cls"), "--epo
                            "cls_history.json", lambda h: (h[-1]["epoch"], h[-1]["seconds"]))}
 
 
+def trainer_for(arch: str) -> Trainer:
+    return TRAINERS.get(arch, TRAIN_PY)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m base_miner.lofo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -189,7 +193,7 @@ def build_command(args, out: Path, split: tuple[int, int], exclude: str | None) 
 
 
 def train_command(args, data: Path, runs: Path, arch: str, classes: list[str] | None = None) -> list[str]:
-    trainer = TRAINERS.get(arch, TRAIN_PY)
+    trainer = trainer_for(arch)
     cmd = [sys.executable, trainer.script, *(o.replace("{arch}", arch) for o in trainer.options), "--dataroot",
            str(data), "--checkpoints_dir", str(runs), "--name", arch, "--seed", str(args.seed), "--batch_size",
            str(args.batch_size), "--crop_size", str(args.crop_size), "--eval_size", str(args.input_size), "--device",
@@ -320,7 +324,7 @@ def run(args) -> int:
                 built[data] = spec["build"] is None or sh.build(spec["build"], data) == 0
                 if built[data] and not args.dry_run:
                     check_disjoint_photos(spec["test_build"], data)
-            ckpt = runs / arch / TRAINERS.get(arch, TRAIN_PY).best
+            ckpt = runs / arch / trainer_for(arch).best
             train = train_command(args, data, runs, arch, spec["classes"])
             steps = [train, test_command(args, ckpt, arch, test_root, family, result)]
             todo = steps[1:] if (runs, arch) in trained else steps  # a run shared by several left-out families
@@ -330,7 +334,7 @@ def run(args) -> int:
             trained.add((runs, arch))
             if args.dry_run:
                 continue
-            trainer = TRAINERS.get(arch, TRAIN_PY)
+            trainer = trainer_for(arch)
             length = trainer.length(json.loads((runs / arch / trainer.history).read_text())["history"])
             cell = cell_summary(family, arch, json.loads(result.read_text()), *length)
             cell["commands"] = [shlex.join(c) for c in steps]
